@@ -18,7 +18,8 @@ from .spec import ArchSpec
 
 IGNORED_OPS = (
     "aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::gelu", "aten::sigmoid", "aten::softmax",
-    "aten::mean", "aten::relu", "aten::relu_", "aten::div", "aten::sub", "aten::flatten", "aten::reshape", "aten::permute", "aten::transpose", "aten::unbind",
+    "aten::mean", "aten::relu", "aten::relu_", "aten::div", "aten::sub", "aten::flatten",
+    "aten::reshape", "aten::permute", "aten::transpose", "aten::unbind",
 )
 """Elementwise and shape ops: not multiply-adds by fvcore's convention, listed so nothing is skipped unseen."""
 
