@@ -132,6 +132,12 @@ class ArchSpec:
             if not isinstance(stage, StageSpec):
                 raise SpecError(f"stages[{i}]: expected a stage, got {type(stage).__name__}")
             stage.validate(f"stages[{i}]", i)
+            if i and stage.width % self.stages[i - 1].width:
+                raise SpecError(
+                    f"stages[{i}].width: must be a multiple of the previous stage's width "
+                    f"{self.stages[i - 1].width} (the patch embedding is a conv grouped by its input "
+                    f"channels), got {stage.width}"
+                )
         if not isinstance(self.branches, BranchRecipe):
             raise SpecError("branches: expected a branch recipe")
         self.branches.validate("branches")
