@@ -6,7 +6,6 @@ import torch
 
 from fastvit_nas.fastvit import PRESETS, build_model
 from fastvit_nas.fastvit.reparameterize import reparameterize
-
 from helpers import randomize_statistics, relative_error
 
 
