@@ -37,11 +37,15 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool, spec: ArchSpec | dict, **kwargs) -> FastVitNas:
+    spec = ArchSpec.coerce(spec)
+    # timm fills num_classes/in_chans from the default cfg unless given; the spec is the truth here.
+    kwargs.setdefault("num_classes", spec.num_classes)
+    kwargs.setdefault("in_chans", spec.in_chans)
     return build_model_with_cfg(
         FastVitNas,
         variant,
         pretrained,
-        spec=ArchSpec.coerce(spec),
+        spec=spec,
         feature_cfg=dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", (0, 1, 2, 3))),
         **kwargs,
     )
