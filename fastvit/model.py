@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from timm.layers import ClassifierHead, ConvNormAct, calculate_drop_path_rates
 from timm.models.fastvit import (
     FastVit,
@@ -47,7 +48,8 @@ class FastVitNas(FastVit):
         num_classes: int | None = None,
         in_chans: int | None = None,
         global_pool: str = "avg",
-        **_timm_kwargs,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         nn.Module.__init__(self)
         spec = ArchSpec.coerce(spec)
@@ -99,6 +101,8 @@ class FastVitNas(FastVit):
         self.apply(self._init_weights)
         if not inference_mode:
             apply_recipe(self, spec.branches)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
 
 def build_model(spec: ArchSpec, inference: bool = False, **kwargs) -> FastVitNas:
