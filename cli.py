@@ -7,6 +7,7 @@ Each command group lives in its own `_add_*` function and is listed in `COMMAND_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -56,7 +57,261 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_model_export)
 
 
-COMMAND_GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_model_commands,)
+# ---- proxy ---------------------------------------------------------------------------------------------
+def _proxy_inputs(args: argparse.Namespace):
+    """(data, budget) from the shared options; unset options keep the library's defaults."""
+    from .search import ProxyBudget, load_data
+
+    sizes = {k: v for k, v in (("img_size", args.img_size), ("train_per_class", args.train_per_class),
+                               ("val_per_class", args.val_per_class)) if v is not None}
+    data = load_data(args.data, seed=args.seed, **sizes)
+    return data, ProxyBudget.parse(args.budget, seed=args.seed)
+
+
+def _proxy_cache(args: argparse.Namespace):
+    from .search import ProxyCache
+
+    return ProxyCache(args.cache) if args.cache else None
+
+
+def _proxy_eval(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .search import proxy_score
+
+    spec = _load_spec(args.spec)
+    data, budget = _proxy_inputs(args)
+    cache = _proxy_cache(args)
+    with tqdm(total=budget.plan(len(data.train_y))[0], unit="epoch", desc=spec.arch_id, file=sys.stderr) as bar:
+        def progress(report) -> None:
+            bar.set_postfix(loss=f"{report.train_loss:.3f}", top1=f"{report.val_top1:.3f}")
+            bar.update()
+
+        result = (cache.score if cache else proxy_score)(spec, data, budget, progress)
+    print(json.dumps({"data": data.summary(), "budget": budget.model_dump(), "result": result.to_dict()}, indent=2))
+
+
+def _proxy_validate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .search import measure_fidelity, sample_specs
+
+    data, budget = _proxy_inputs(args)
+    specs = sample_specs(args.n, args.space, seed=args.seed, max_flops=args.max_flops)
+    with tqdm(total=len(specs), unit="spec", file=sys.stderr) as bar:
+        report = measure_fidelity(specs, data, budget, factor=args.factor, cache=_proxy_cache(args),
+                                  on_row=lambda _row: bar.update())
+    print(report.table())
+    json_path, png_path = report.write(args.out)
+    print(f"wrote {json_path} and {png_path}")
+
+
+def _add_proxy_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="Fashion-MNIST idx, CIFAR-10/100 python or ImageFolder folder "
+                                       "(default: Fashion-MNIST from dataset-fashion-mnist)")
+    parser.add_argument("--img-size", type=int, help="proxy resolution in pixels (default 32)")
+    parser.add_argument("--train-per-class", type=int, help="training images per class (default 100)")
+    parser.add_argument("--val-per-class", type=int, help="validation images per class, from train (default 30)")
+    parser.add_argument("--budget", help="key=value,... over the default ProxyBudget, e.g. epochs=2,threads=2,lr=1e-3")
+    parser.add_argument("--seed", type=int, default=0, help="data subset and training seed")
+    parser.add_argument("--cache", help="proxy result cache folder (each candidate trained once)")
+
+
+def _add_proxy_commands(sub: argparse._SubParsersAction) -> None:
+    proxy = sub.add_parser("proxy", help="accuracy proxies: train one candidate, measure proxy fidelity")
+    actions = proxy.add_subparsers(dest="action", required=True)
+    evaluate = actions.add_parser("eval", help="proxy-train one preset or spec JSON and print its result")
+    evaluate.add_argument("spec", help="preset name or spec.json")
+    _add_proxy_args(evaluate)
+    evaluate.set_defaults(func=_proxy_eval)
+    validate = actions.add_parser("validate", help="rank correlation of proxy and zero-cost scores with k× training")
+    validate.add_argument("-n", type=int, default=16, help="number of sampled specs")
+    validate.add_argument("--space", default="default", help="space name (default, tiny) or YAML path")
+    validate.add_argument("--max-flops", type=int, help="keep sampled specs under this many FLOPs (space img_size)")
+    validate.add_argument("--factor", type=int, default=8, help="long budget = factor × proxy budget")
+    validate.add_argument("--out", default="proxy_fidelity", help="folder for the JSON and PNG")
+    _add_proxy_args(validate)
+    validate.set_defaults(func=_proxy_validate)
+
+
+# ---- lut -----------------------------------------------------------------------------------------------
+def _lut_specs(args: argparse.Namespace) -> list:
+    return [_load_spec(ref) for ref in args.spec or []]
+
+
+def _lut_space(args: argparse.Namespace):
+    from .latency_lut import resolve_space
+
+    return resolve_space(args.space) if args.space or not args.spec else None
+
+
+def _lut_build(args: argparse.Namespace) -> None:
+    from .latency_lut import Protocol, build_lut, get_backend
+
+    protocol = Protocol.quick() if args.quick else Protocol(estimator=args.estimator)
+    backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
+                          protocol=protocol)
+    report = build_lut(Path(args.out), backend, specs=_lut_specs(args), space=_lut_space(args),
+                       img_size=args.img_size, batch=args.batch, calibration_n=args.calib, seed=args.seed,
+                       progress=True)
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+
+
+def _lut_validate(args: argparse.Namespace) -> None:
+    from .latency_lut import LatencyTable, resolve_space, validate
+
+    space = resolve_space(args.space or LatencyTable.load(Path(args.lut)).meta.space)
+    plot = Path(args.plot) if args.plot else Path(args.lut).with_suffix(".validation.png")
+    report = validate(Path(args.lut), space.sample(args.n, args.seed), plot=plot, progress=True)
+    print(json.dumps(report.summary(), indent=2))
+
+
+def _lut_show(args: argparse.Namespace) -> None:
+    from .latency_lut import LatencyTable
+
+    print(LatencyTable.load(Path(args.lut)).describe())
+
+
+def _lut_predict(args: argparse.Namespace) -> None:
+    from .latency_lut import LatencyTable, Predictor
+
+    predictor = Predictor(LatencyTable.load(Path(args.lut)), args.lut)
+    specs = [_load_spec(ref) for ref in args.spec]
+    for ref, spec, ms in zip(args.spec, specs, predictor.predict_many(specs), strict=True):
+        print(json.dumps({"spec": ref, "arch_id": spec.arch_id, "latency_ms": round(float(ms), 4),
+                          **predictor.trust()}))
+
+
+def _lut_export_ops(args: argparse.Namespace) -> None:
+    from .latency_lut import export_ops
+    from .latency_lut.build import CALIBRATION_SEED, space_specs
+
+    space = _lut_space(args)
+    specs = _lut_specs(args) + (space_specs(space, args.img_size, args.batch, args.seed) if space else [])
+    calib = space.sample(args.calib, CALIBRATION_SEED) if space else []
+    print(export_ops(Path(args.out), specs, args.img_size, args.batch, calib))
+
+
+def _lut_import(args: argparse.Namespace) -> None:
+    from .latency_lut import import_results
+
+    table = import_results(Path(args.results), Path(args.manifest), args.device_name, Path(args.out), args.runtime)
+    print(table.describe())
+
+
+def _lut_merge(args: argparse.Namespace) -> None:
+    from .latency_lut import LatencyTable
+
+    table = LatencyTable.load(Path(args.luts[0]))
+    for other in args.luts[1:]:
+        table.merge(LatencyTable.load(Path(other)), what=other)
+    table.save(Path(args.out))
+    print(table.describe())
+
+
+def _add_lut_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--space", help="space name (default, tiny) or YAML path; default: default unless --spec")
+    parser.add_argument("--spec", action="append", help="preset name or spec.json (repeatable)")
+    parser.add_argument("--img-size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--calib", type=int, default=10, help="networks measured end-to-end for calibration")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the space walk that enumerates ops")
+
+
+def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
+    lut = sub.add_parser("lut", help="per-op latency lookup tables: build, validate, predict, export/import")
+    actions = lut.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="measure the ops of a space or specs (only missing ones) and calibrate")
+    _add_lut_source_args(build)
+    build.add_argument("--backend", default="torch", help="torch or onnxruntime")
+    build.add_argument("--device", default="cpu", help="cpu or cuda")
+    build.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
+    build.add_argument("--threads", type=int, default=2, help="intra-op threads (fixed and recorded)")
+    build.add_argument("--estimator", default="median", choices=("median", "min"),
+                       help="latency statistic (min suits a machine shared with other jobs)")
+    build.add_argument("--quick", action="store_true", help="few repetitions: smoke tests only")
+    build.add_argument("--out", required=True, help="LUT parquet file (created or extended)")
+    build.set_defaults(func=_lut_build)
+    validate = actions.add_parser("validate", help="held-out end-to-end measurements vs predictions")
+    validate.add_argument("--lut", required=True)
+    validate.add_argument("-n", type=int, default=50, help="number of held-out specs")
+    validate.add_argument("--seed", type=int, default=1)
+    validate.add_argument("--space", help="default: the space the LUT was built from")
+    validate.add_argument("--plot", help="scatter PNG (default: next to the LUT)")
+    validate.set_defaults(func=_lut_validate)
+    show = actions.add_parser("show", help="settings, device, coverage, calibration and validation figures")
+    show.add_argument("lut")
+    show.set_defaults(func=_lut_show)
+    predict = actions.add_parser("predict", help="calibrated latency of presets or spec JSON files")
+    predict.add_argument("lut")
+    predict.add_argument("spec", nargs="+", help="preset name or spec.json")
+    predict.set_defaults(func=_lut_predict)
+    export = actions.add_parser("export-ops", help="write each op as ONNX + manifest, to time on another device")
+    _add_lut_source_args(export)
+    export.add_argument("--out", required=True, help="output folder")
+    export.set_defaults(func=_lut_export_ops)
+    imp = actions.add_parser("import", help="build a LUT from latencies measured on another device")
+    imp.add_argument("results", help="CSV with columns key,latency_ms")
+    imp.add_argument("--manifest", required=True, help="manifest.json written by export-ops")
+    imp.add_argument("--device-name", required=True, help="the device's name (its fingerprint)")
+    imp.add_argument("--runtime", default="unknown", help="runtime and version used on the device")
+    imp.add_argument("--out", required=True)
+    imp.set_defaults(func=_lut_import)
+    merge = actions.add_parser("merge", help="merge LUTs of the same device and settings")
+    merge.add_argument("luts", nargs="+")
+    merge.add_argument("--out", required=True)
+    merge.set_defaults(func=_lut_merge)
+
+
+# ---- space ---------------------------------------------------------------------------------------------
+def _space_show(args: argparse.Namespace) -> None:
+    from .space import load_space
+    from .space.describe import describe
+
+    print(describe(load_space(args.space)))
+
+
+def _space_sample(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .space import load_space
+
+    space, rng = load_space(args.space), np.random.default_rng(args.seed)
+    for _ in range(args.n):
+        spec = space.sample(rng)
+        size = space.size(spec)
+        print(json.dumps({"id": spec.arch_id, "params": size.params, "flops": size.flops,
+                          "img_size": space.img_size, "spec": spec.to_dict()}))
+
+
+def _space_check(args: argparse.Namespace) -> int:
+    from .space import load_space
+
+    reasons = load_space(args.space).check(_load_spec(args.spec))
+    print("inside the space" if not reasons else "outside the space:\n  " + "\n  ".join(reasons))
+    return 1 if reasons else 0
+
+
+def _add_space_commands(sub: argparse._SubParsersAction) -> None:
+    space = sub.add_parser("space", help="inspect, sample and check search spaces").add_subparsers(
+        dest="action", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--space", default="default", help="space YAML path, or a built-in name: default, tiny")
+    space.add_parser("show", parents=[where], help="dimensions, choices, constraints, cardinality").set_defaults(
+        func=_space_show)
+    sample = space.add_parser("sample", parents=[where], help="JSON lines: id, params, FLOPs, spec")
+    sample.add_argument("-n", type=int, default=10, help="how many networks")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=_space_sample)
+    check = space.add_parser("check", parents=[where], help="is a spec inside the space, and if not why (exit 1)")
+    check.add_argument("spec", help="preset name or spec JSON file")
+    check.set_defaults(func=_space_check)
+
+
+COMMAND_GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_model_commands,
+                                                                            _add_proxy_commands,
+                                                                            _add_lut_commands,
+                                                                            _add_space_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,14 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except FastVitNasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: results written so far are kept", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
