@@ -100,7 +100,8 @@ def _proxy_validate(args: argparse.Namespace) -> None:
     specs = sample_specs(args.n, args.space, seed=args.seed, max_flops=args.max_flops)
     with tqdm(total=len(specs), unit="spec", file=sys.stderr) as bar:
         report = measure_fidelity(specs, data, budget, factor=args.factor, cache=_proxy_cache(args),
-                                  on_row=lambda _row: bar.update())
+                                  on_row=lambda _row: bar.update(), repeat_long=args.repeat_long,
+                                  workers=args.workers)
     print(report.table())
     json_path, png_path = report.write(args.out)
     print(f"wrote {json_path} and {png_path}")
@@ -129,6 +130,9 @@ def _add_proxy_commands(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("--space", default="default", help="space name (default, tiny) or YAML path")
     validate.add_argument("--max-flops", type=int, help="keep sampled specs under this many FLOPs (space img_size)")
     validate.add_argument("--factor", type=int, default=8, help="long budget = factor × proxy budget")
+    validate.add_argument("--repeat-long", action="store_true",
+                          help="train the long budget again with seed+1 to show the reference's own noise")
+    validate.add_argument("--workers", type=int, default=1, help="candidates trained in parallel processes")
     validate.add_argument("--out", default="proxy_fidelity", help="folder for the JSON and PNG")
     _add_proxy_args(validate)
     validate.set_defaults(func=_proxy_validate)
@@ -158,11 +162,12 @@ def _lut_build(args: argparse.Namespace) -> None:
 
 
 def _lut_validate(args: argparse.Namespace) -> None:
-    from .latency_lut import LatencyTable, resolve_space, validate
+    from .latency_lut import LatencyTable, held_out_specs, resolve_space, validate
 
-    space = resolve_space(args.space or LatencyTable.load(Path(args.lut)).meta.space)
-    plot = Path(args.plot) if args.plot else Path(args.lut).with_suffix(".validation.png")
-    report = validate(Path(args.lut), space.sample(args.n, args.seed), plot=plot, progress=True)
+    lut = Path(args.lut)
+    space = resolve_space(args.space or LatencyTable.load(lut).meta.space)
+    plot = Path(args.plot) if args.plot else lut.with_suffix(".validation.png")
+    report = validate(lut, held_out_specs(lut, space, args.n, args.seed), plot=plot, progress=True)
     print(json.dumps(report.summary(), indent=2))
 
 

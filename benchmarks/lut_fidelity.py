@@ -1,0 +1,133 @@
+"""LUT fidelity on this machine: held-out specs of the default space, predicted vs measured end-to-end.
+
+For each backend and input size: build a LUT (the full default space with `--full-space`, else only the ops
+the held-out and calibration networks need), calibrate on `--calib` networks, measure `--n` held-out networks
+end-to-end with the same protocol, and report the share within ±10 % / ±5 %, MAPE, Spearman and Kendall,
+plus the build time and unique-op count. The machine is shared, so the load average is recorded before
+and after each configuration. Writes benchmarks/results/lut_fidelity.json (and LUTs and scatter PNGs).
+
+    .venv/bin/python benchmarks/lut_fidelity.py                      # full run
+    .venv/bin/python benchmarks/lut_fidelity.py --n 10 --img-sizes 128 --backends torch --calib 6   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import timm
+import torch
+
+from fastvit_nas.latency_lut import (
+    LatencyTable,
+    Predictor,
+    Protocol,
+    Timing,
+    build_lut,
+    get_backend,
+    resolve_space,
+    unique_ops,
+    validate,
+)
+from fastvit_nas.latency_lut.build import CALIBRATION_SEED, new_meta
+from fastvit_nas.latency_lut.ops import stage_ops
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def prediction_rate(space_ref: str, n: int = 3000, seed: int = 3) -> dict[str, float]:
+    """Specs per wall-second and per CPU-second of a vectorized prediction with cold caches (best of three).
+
+    Uses a table with unit latencies for every op of `n` sampled specs: speed does not depend on the values.
+    """
+    specs = resolve_space(space_ref).sample(n, seed)
+    table = LatencyTable(new_meta(get_backend("torch"), img_size=256, batch=1))
+    table.add([(op, Timing(1.0, 1.0, 1.0, 0.0, 1)) for op in unique_ops(specs, 256).values()])
+    wall, cpu = [], []
+    for _ in range(3):
+        predictor = Predictor(table)
+        stage_ops.cache_clear()
+        w0, c0 = time.perf_counter(), time.process_time()
+        predictor.predict_many(specs)
+        wall.append(len(specs) / (time.perf_counter() - w0))
+        cpu.append(len(specs) / max(time.process_time() - c0, 1e-9))
+    return {"specs": len(specs), "wall_specs_per_s": max(wall), "cpu_specs_per_s": max(cpu)}
+
+
+def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, out_dir: Path) -> dict:
+    space = resolve_space(args.space)
+    held_out = space.sample(args.n, args.seed)
+    calibration = space.sample(args.calib, CALIBRATION_SEED)
+    backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
+                          protocol=Protocol(estimator=args.estimator, passes=args.passes))
+    name = f"{backend_name}_{args.device}_{args.dtype}_b{batch}_{img}"
+    lut = out_dir / f"{name}.parquet"
+    lut.unlink(missing_ok=True)
+    load_before = os.getloadavg()
+    build = build_lut(lut, backend, specs=held_out, space=space if args.full_space else None,
+                      calibration=calibration, img_size=img, batch=batch, seed=args.seed, progress=args.progress)
+    report = validate(lut, held_out, plot=out_dir / f"{name}.png", backend=backend,
+                      progress=args.progress)
+    return {
+        "backend": backend_name, "device": args.device, "dtype": args.dtype, "img_size": img,
+        "threads": args.threads, "batch": batch, "estimator": args.estimator, "passes": args.passes,
+        "n": report.n, "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
+        "spearman": report.spearman, "kendall": report.kendall,
+        "build_s": build.seconds, "unique_ops": build.unique_ops, "full_space": args.full_space,
+        "calibration": build.calibration, "validate_s": report.seconds,
+        "load_before": load_before, "load_after": os.getloadavg(), "lut": str(lut), "plot": report.plot,
+        "per_spec": {"arch_id": report.arch_ids, "predicted_ms": report.predicted_ms,
+                     "measured_ms": report.measured_ms},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=50, help="held-out specs per configuration")
+    parser.add_argument("--img-sizes", type=int, nargs="+", default=[256, 128])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1])
+    parser.add_argument("--calib", type=int, default=12, help="calibration networks")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--space", default="default")
+    parser.add_argument("--estimator", default="median", choices=("median", "min"))
+    parser.add_argument("--passes", type=int, default=2, help="sweeps over all ops/networks; fastest kept")
+    parser.add_argument("--full-space", action="store_true", help="build the whole default space's LUT")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS / "lut_fidelity.json"))
+    args = parser.parse_args()
+    out_dir = Path(args.out).parent / "lut_fidelity"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = get_backend("torch", device=args.device, threads=args.threads).fingerprint()
+    result = {
+        "args": vars(args), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": fingerprint, "platform": platform.platform(),
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "timm": timm.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "prediction_speed": prediction_rate(args.space),
+        "results": [],
+    }
+    print(f"prediction: {result['prediction_speed']}", flush=True)
+    for batch, img, backend in itertools.product(args.batches, args.img_sizes, args.backends):
+        r = run_one(backend, img, batch, args, out_dir)
+        result["results"].append(r)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after each configuration
+        print(f"{r['backend']:11s} {r['device']} {r['dtype']} b{r['batch']} {r['img_size']:4d}px n={r['n']:3d}  "
+              f"±10%: {r['within_10']:5.1f}%  ±5%: {r['within_5']:5.1f}%  MAPE {r['mape']:5.2f}%  "
+              f"Spearman {r['spearman']:.4f}  Kendall {r['kendall']:.4f}  build {r['build_s']:5.0f}s / "
+              f"{r['unique_ops']} ops  load {r['load_before'][0]:.1f}->{r['load_after'][0]:.1f}", flush=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The backend contract: time one module on one input shape by the shared protocol.
+
+A backend owns how a module runs (torch eager, an ONNX Runtime session, ...) and how one call is timed
+(wall clock, CUDA events); it never owns the protocol, so ops and whole networks are measured alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import nn
+
+from ...errors import FastVitNasError
+from ..device import fingerprint, require_cuda
+from ..measure import Protocol, Timing
+
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+          "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def canonical_dtype(name: str) -> str:
+    if name not in DTYPES:
+        raise FastVitNasError(f"--dtype: must be one of fp32, fp16, bf16, got {name!r}")
+    return DTYPES[name]
+
+
+class Backend(ABC):
+    """Runs and times modules on one device with fixed dtype and thread count."""
+
+    name: ClassVar[str]
+
+    def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 2,
+                 protocol: Protocol | None = None) -> None:
+        if device not in ("cpu", "cuda"):
+            raise FastVitNasError(f"--device: must be cpu or cuda, got {device!r}")
+        if device == "cuda":
+            require_cuda()
+        if threads < 1:
+            raise FastVitNasError(f"--threads: must be >= 1, got {threads}")
+        self.device = device
+        self.dtype = canonical_dtype(dtype)
+        self.threads = threads
+        self.protocol = protocol or Protocol()
+
+    def fingerprint(self) -> dict[str, str | int]:
+        return fingerprint(self.device, self.threads)
+
+    @abstractmethod
+    def version(self) -> str:
+        """The runtime's version, recorded beside every LUT it measures."""
+
+    @abstractmethod
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
+        """Median latency of `module` (an fp32 eval-mode CPU module) on a random input of `in_shape`."""

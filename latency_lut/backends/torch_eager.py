@@ -1,0 +1,54 @@
+"""Torch eager execution on CPU (wall clock, fixed intra-op threads) or CUDA (events, synchronised)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..measure import Timing, measure, wall_clock
+from .base import Backend
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Fix intra-op threads for the measurement and restore the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cuda_events(fn: Callable[[], object]) -> Callable[[], float]:
+    """`run_once` on CUDA: events around one call, then wait for it, so the kernel time is what counts."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def run_once() -> float:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return run_once
+
+
+class TorchEager(Backend):
+    """`module(x)` under `torch.inference_mode`, in the LUT's dtype, on CPU or CUDA."""
+
+    name = "torch"
+
+    def version(self) -> str:
+        return torch.__version__
+
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
+        dtype = getattr(torch, self.dtype)
+        module = module.eval().to(device=self.device, dtype=dtype)
+        x = torch.randn(in_shape, device=self.device, dtype=dtype)
+        with _torch_threads(self.threads), torch.inference_mode():
+            run = _cuda_events(lambda: module(x)) if self.device == "cuda" else wall_clock(lambda: module(x))
+            return measure(run, self.protocol)

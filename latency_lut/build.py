@@ -1,0 +1,180 @@
+"""Building a LUT: enumerate the ops of a space or a list of specs, measure only the missing ones, calibrate.
+
+Each op is built alone (`modules.op_module`: the timm module the full network runs, inference-time and
+fused) and timed on its real input shape, in `protocol.passes` sweeps over all missing ops (fastest kept).
+The LUT file is rewritten every `checkpoint_s` seconds and at the end, so an interrupted build loses little
+and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..fastvit.model import build_model
+from ..fastvit.spec import ArchSpec
+from .backends import Backend
+from .measure import Timing, best_of_passes
+from .modules import op_module
+from .ops import Op, unique_ops
+from .predict import MIN_CALIBRATION_POINTS, Predictor, fit_calibration
+from .spaces import SpaceSource
+from .table import LatencyTable, LutMeta
+
+CALIBRATION_SEED = 1_000_003
+"""Seed of the calibration sample; validation excludes these specs, so its figures are held-out."""
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did: ops needed and measured, calibration points added, time taken."""
+
+    path: str
+    unique_ops: int
+    measured: int
+    reused: int
+    calibration_measured: int
+    calibration: dict
+    seconds: float
+
+
+def new_meta(backend: Backend, img_size: int, batch: int, space: str | None = None) -> LutMeta:
+    """The metadata a fresh LUT measured by `backend` at these settings gets."""
+    return LutMeta(backend=backend.name, backend_version=backend.version(), torch_version=torch.__version__,
+                   device=backend.fingerprint(), dtype=backend.dtype, batch=batch, img_size=img_size,
+                   threads=backend.threads, protocol=backend.protocol.to_dict(), space=space)
+
+
+def open_table(path: Path, meta: LutMeta) -> LatencyTable:
+    """The existing LUT at `path` if it matches `meta` (device, settings, versions), else a new one."""
+    if not Path(path).exists():
+        return LatencyTable(meta)
+    table = LatencyTable.load(path)
+    table.meta.check_compatible(meta, str(path))
+    return table
+
+
+def space_specs(source: SpaceSource, img_size: int, batch: int, seed: int = 0, patience: int = 3000,
+                max_samples: int = 200_000) -> list[ArchSpec]:
+    """Specs that together contain every op the space can produce at this input size and batch.
+
+    Samples until `patience` consecutive samples add no new op key (or `max_samples`), keeping only
+    the specs that contributed a new key; the ops of a space are far fewer than its networks.
+    """
+    seen: set[str] = set()
+    keep: list[ArchSpec] = []
+    idle = 0
+    for n, spec in enumerate(source.samples(seed)):
+        new = [k for k in unique_ops([spec], img_size, batch) if k not in seen]
+        if new:
+            seen.update(new)
+            keep.append(spec)
+            idle = 0
+        else:
+            idle += 1
+        if idle >= patience or n >= max_samples:
+            break
+    return keep
+
+
+def measure_network(backend: Backend, spec: ArchSpec, img_size: int, batch: int) -> Timing:
+    """End-to-end latency of the fused network, by the same backend and protocol as its ops."""
+    return backend.time_module(build_model(spec, inference=True), (batch, spec.in_chans, img_size, img_size))
+
+
+def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchSpec], path: Path | None = None,
+                    progress: bool = False, checkpoint_s: float = 60.0) -> tuple[int, int]:
+    """Measure the ops of `specs` that `table` lacks (each unique op once per sweep); returns (needed, measured)."""
+    meta = table.meta
+    needed = unique_ops(specs, meta.img_size, meta.batch)
+    missing = [needed[k] for k in table.missing(needed)]
+    passes = backend.protocol.passes
+    last_save = [time.monotonic()]
+    with tqdm(total=len(missing) * passes, unit="op", desc="ops", disable=not progress, dynamic_ncols=True) as bar:
+
+        def time_op(op: Op) -> Timing:
+            bar.update()
+            return backend.time_module(op_module(op), op.in_shape)
+
+        def done(op: Op, timing: Timing) -> None:
+            table.add([(op, timing)])
+            if path is not None and time.monotonic() - last_save[0] > checkpoint_s:
+                table.save(path)
+                last_save[0] = time.monotonic()
+
+        best_of_passes(missing, time_op, passes, done)
+    return len(needed), len(missing)
+
+
+def measure_networks(backend: Backend, specs: list[ArchSpec], img_size: int, batch: int,
+                     progress: bool = False, desc: str = "end-to-end") -> list[Timing]:
+    """End-to-end latencies of the fused networks, by the same backend, protocol and sweeps as the ops."""
+    with tqdm(total=len(specs) * backend.protocol.passes, unit="net", desc=desc, disable=not progress,
+              dynamic_ncols=True) as bar:
+
+        def time_net(spec: ArchSpec) -> Timing:
+            bar.update()
+            return measure_network(backend, spec, img_size, batch)
+
+        return best_of_passes(specs, time_net, backend.protocol.passes)
+
+
+def calibrate(table: LatencyTable, backend: Backend, specs: list[ArchSpec], progress: bool = False) -> int:
+    """Measure end-to-end the calibration specs not measured yet, store the points, refit; returns how many."""
+    meta = table.meta
+    points = list((meta.calibration or {}).get("points", []))
+    have = {p["arch_id"] for p in points}
+    todo = [s for s in specs if s.arch_id not in have]
+    timings = measure_networks(backend, todo, meta.img_size, meta.batch, progress, desc="calibration")
+    for spec, t in zip(todo, timings, strict=True):
+        points.append({"arch_id": spec.arch_id, "spec": spec.to_dict(), "measured_ms": t.latency_ms,
+                       "median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "count": t.count})
+    refit(table, points)
+    return len(todo)
+
+
+def refit(table: LatencyTable, points: list[dict]) -> None:
+    """Fit the calibration on the stored end-to-end points and keep both in the LUT metadata.
+
+    With fewer than three points nothing is fitted and predictions are the raw sums.
+    """
+    if len(points) < MIN_CALIBRATION_POINTS:
+        table.meta.calibration = {"points": points}
+        return
+    specs = [ArchSpec.from_dict(p["spec"]) for p in points]
+    sums = Predictor(table).op_sums(specs)
+    fit = fit_calibration(sums, np.array([p["measured_ms"] for p in points]))
+    table.meta.calibration = {"points": points, "fit": fit.to_dict()}
+
+
+def build_lut(out: Path, backend: Backend, *, specs: list[ArchSpec] | None = None, space: SpaceSource | None = None,
+              calibration: list[ArchSpec] | None = None, img_size: int = 256, batch: int = 1,
+              calibration_n: int = 10, seed: int = 0, progress: bool = False) -> BuildReport:
+    """Create or extend the LUT at `out` with every op of `specs` and of `space`, then calibrate.
+
+    Only ops missing from an existing LUT are measured; an existing LUT of another device, setting or library
+    version is refused. Calibration networks: `calibration` if given, else `calibration_n` specs sampled
+    from the space with a fixed seed, else the first `calibration_n` of `specs`.
+    """
+    start = time.monotonic()
+    out = Path(out)
+    table = open_table(out, new_meta(backend, img_size, batch, space.ref if space else None))
+    wanted = list(specs or [])
+    if space is not None:
+        wanted += space_specs(space, img_size, batch, seed)
+    if calibration is None:
+        calibration = (space.sample(calibration_n, CALIBRATION_SEED) if space is not None
+                       else list({s.arch_id: s for s in wanted}.values())[:calibration_n])
+    unique, measured = measure_missing(table, backend, wanted + calibration, out, progress)
+    table.save(out)
+    added = calibrate(table, backend, calibration, progress) if calibration else 0
+    table.save(out)
+    return BuildReport(path=str(out), unique_ops=unique, measured=measured, reused=unique - measured,
+                       calibration_measured=added, calibration=(table.meta.calibration or {}).get("fit", {}),
+                       seconds=time.monotonic() - start)

@@ -1,0 +1,114 @@
+"""The measurement protocol, shared by every op and every end-to-end network so both are timed alike.
+
+Warm-up (a minimum number of calls and a minimum time, so caches, allocators and lazy kernel selection
+settle), then rounds of timed calls until the running median moves by less than `rel_tol` between rounds
+(or a repetition/time cap is hit). We record the median (robust to the shared machine's hiccups), the
+inter-quartile range as the spread, the minimum and the number of timed calls. `estimator` picks which of
+median and minimum is *the* latency: the median by default; the minimum is the usual choice on a machine
+shared with other jobs, whose interference only ever adds time. Builders time every item in `passes` sweeps
+over all items and keep each item's fastest sweep (`best_of_passes`): a burst of interference from another
+job then spoils one sweep of a few items, not the table. A backend supplies `run_once`, which
+performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long to warm up and when to stop repeating; stored in the LUT metadata as the stated protocol."""
+
+    warmup_calls: int = 3
+    warmup_s: float = 0.05
+    min_reps: int = 10
+    max_reps: int = 60
+    max_s: float = 1.0
+    round_size: int = 5
+    rel_tol: float = 0.02
+    estimator: str = "median"
+    passes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ("median", "min"):
+            raise ValueError(f"estimator must be median or min, got {self.estimator!r}")
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    @classmethod
+    def quick(cls) -> Protocol:
+        """Few repetitions: for tests and smoke runs, not for a LUT one should trust."""
+        return cls(warmup_calls=1, warmup_s=0.0, min_reps=3, max_reps=10, max_s=0.5, round_size=3, rel_tol=0.05,
+                   estimator="min")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The latency by the protocol's estimator, plus median, minimum, spread (IQR) and timed calls."""
+
+    latency_ms: float
+    median_ms: float
+    min_ms: float
+    iqr_ms: float
+    count: int
+
+
+def measure(run_once: Callable[[], float], protocol: Protocol) -> Timing:
+    """Time `run_once` by the protocol: warm-up, then rounds until the median is stable or a cap is hit."""
+    start = time.perf_counter()
+    for _ in range(protocol.warmup_calls):
+        run_once()
+    while time.perf_counter() - start < protocol.warmup_s:
+        run_once()
+    samples: list[float] = []
+    previous = None
+    start = time.perf_counter()
+    while True:
+        samples.extend(run_once() for _ in range(protocol.round_size))
+        median = float(np.median(samples))
+        enough = len(samples) >= protocol.min_reps
+        stable = previous is not None and abs(median - previous) <= protocol.rel_tol * previous
+        if (enough and stable) or len(samples) >= protocol.max_reps or time.perf_counter() - start > protocol.max_s:
+            break
+        previous = median
+    q25, q75 = np.percentile(samples, [25, 75])
+    low = float(np.min(samples))
+    return Timing(latency_ms=median if protocol.estimator == "median" else low, median_ms=median, min_ms=low,
+                  iqr_ms=float(q75 - q25), count=len(samples))
+
+
+def wall_clock(fn: Callable[[], object]) -> Callable[[], float]:
+    """`run_once` for synchronous devices (CPU): the wall time of one call in milliseconds."""
+
+    def run_once() -> float:
+        t0 = time.perf_counter_ns()
+        fn()
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    return run_once
+
+
+def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: int,
+                   on_done: Callable[[T, Timing], None] | None = None) -> list[Timing]:
+    """Time every item in `passes` sweeps and keep, per item, the sweep with the lowest latency.
+
+    `on_done(item, timing)` is called as each item's final sweep finishes (for progress and checkpoints).
+    """
+    best: list[Timing | None] = [None] * len(items)
+    for sweep in range(max(1, passes)):
+        for i, item in enumerate(items):
+            timing = time_one(item)
+            if best[i] is None or timing.latency_ms < best[i].latency_ms:
+                best[i] = timing
+            if on_done is not None and sweep == max(1, passes) - 1:
+                on_done(item, best[i])
+    return best

@@ -1,0 +1,212 @@
+"""The LUT: one parquet file per device and backend, with its provenance in the file's metadata.
+
+Rows are ops (key, structured columns, latency, median, minimum, spread, count, when measured); the
+parquet schema metadata holds a JSON document with the format version, the device fingerprint, the settings
+(backend, dtype, batch, input size, threads, layout), library versions, the measurement protocol, the
+calibration points and fit, and the latest validation figures. Parquet and JSON are open formats that
+outlive library upgrades; there are no pickles. Mixing measurements of different devices, settings or
+library versions in one table is refused, because the sum would then describe no real device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import FastVitNasError
+from .measure import Timing
+from .ops import Op
+
+FORMAT_VERSION = 1
+META_KEY = b"fastvit_nas.lut"
+OP_COLUMNS = ("key", "op_type", "batch", "in_ch", "in_h", "in_w", "out_ch", "kernel", "stride", "ffn_kernel",
+              "hidden", "heads", "num_classes")
+TIMING_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms", "count", "measured_at")
+SETTING_FIELDS = ("backend", "dtype", "batch", "img_size", "threads", "layout")
+VERSION_FIELDS = ("backend_version", "torch_version")
+
+
+class LutError(FastVitNasError):
+    """A LUT that cannot be read, or that does not fit the device, settings or specs it is used for."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class LutMeta:
+    """Provenance of a LUT; everything needed to decide whether two measurements may be combined."""
+
+    backend: str
+    backend_version: str
+    torch_version: str
+    device: dict[str, Any]
+    dtype: str
+    batch: int
+    img_size: int
+    threads: int | None
+    protocol: dict[str, Any]
+    layout: str = "NCHW"
+    space: str | None = None
+    calibration: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
+    created: str = field(default_factory=_now)
+
+    def settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SETTING_FIELDS}
+
+    def describe_device(self) -> str:
+        d = self.device
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"{d.get('name', '?')} ({d.get('kind', '?')}{threads})"
+
+    def check_compatible(self, other: LutMeta, what: str, versions: bool = True) -> None:
+        """Refuse to combine measurements of another device, other settings or (optionally) other versions."""
+        if self.device != other.device:
+            raise LutError(f"{what}: the LUT was measured on {self.describe_device()}, not on "
+                           f"{other.describe_device()}; device fingerprints differ ({self.device} vs {other.device})")
+        fields = SETTING_FIELDS + (VERSION_FIELDS if versions else ())
+        for name in fields:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                raise LutError(f"{what}: the LUT has {name}={mine!r} but this run has {name}={theirs!r}; "
+                               "measurements with different settings are never mixed (use another --out file)")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> LutMeta:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise LutError(f"{where}: LUT format version {version!r} is not supported (this fastvit-nas reads "
+                           f"version {FORMAT_VERSION})")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise LutError(f"{where}: LUT metadata does not match format version {FORMAT_VERSION} ({exc})") from None
+
+
+class LatencyTable:
+    """Op latencies of one device, backend and setting; incremental, mergeable, saved as parquet."""
+
+    def __init__(self, meta: LutMeta, rows: pd.DataFrame | None = None) -> None:
+        self.meta = meta
+        columns = list(OP_COLUMNS + TIMING_COLUMNS)
+        self.rows = (rows if rows is not None else pd.DataFrame(columns=columns)).reset_index(drop=True)
+
+    # ---- content -----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.latencies()
+
+    def latencies(self) -> dict[str, float]:
+        return dict(zip(self.rows["key"], self.rows["latency_ms"].astype(float), strict=True))
+
+    def missing(self, keys) -> list[str]:
+        """Keys (deduplicated, order kept) that this table has not measured yet."""
+        have = set(self.rows["key"])
+        return [k for k in dict.fromkeys(keys) if k not in have]
+
+    def add(self, entries: list[tuple[Op, Timing]]) -> None:
+        """Append measured ops; a key already present is a bug in the caller (it would be measured twice)."""
+        if not entries:
+            return
+        duplicate = [op.key for op, _ in entries if op.key in set(self.rows["key"])]
+        if duplicate:
+            raise ValueError(f"already measured: {duplicate[0]}")
+        now = _now()
+        new = pd.DataFrame([
+            {**op.columns(), "latency_ms": t.latency_ms, "median_ms": t.median_ms, "min_ms": t.min_ms,
+             "iqr_ms": t.iqr_ms, "count": t.count, "measured_at": now}
+            for op, t in entries
+        ])
+        self.rows = new if self.rows.empty else pd.concat([self.rows, new], ignore_index=True)
+
+    def merge(self, other: LatencyTable, what: str = "merge") -> int:
+        """Add the other table's ops that this one lacks (same device, settings, versions); returns how many."""
+        self.meta.check_compatible(other.meta, what)
+        new = other.rows[~other.rows["key"].isin(set(self.rows["key"]))]
+        if not new.empty:
+            self.rows = pd.concat([self.rows, new], ignore_index=True) if not self.rows.empty else new.copy()
+        return len(new)
+
+    def coverage(self) -> dict[str, int]:
+        """Number of measured ops per op type."""
+        return {str(k): int(v) for k, v in self.rows["op_type"].value_counts().sort_index().items()}
+
+    def describe(self) -> str:
+        """Human-readable settings, device, coverage, calibration and validation figures (for `lut show`)."""
+        m = self.meta
+        lines = [
+            f"device     {m.describe_device()}",
+            f"backend    {m.backend} {m.backend_version} (torch {m.torch_version}), {m.dtype}, batch {m.batch}, "
+            f"input {m.img_size}x{m.img_size} {m.layout}",
+            f"protocol   {json.dumps(m.protocol, sort_keys=True)}",
+            f"space      {m.space or '-'}",
+            f"coverage   {len(self)} ops: " + ", ".join(f"{t} {n}" for t, n in self.coverage().items()),
+        ]
+        fit = (m.calibration or {}).get("fit")
+        if fit:
+            scales = ", ".join(f"{t} {v:.3f}" for t, v in fit["scales"].items())
+            lines.append(f"calibration {fit['model']} on {fit['points']} networks: offset {fit['offset_ms']:.3f} ms, "
+                         f"scales {scales}; fit MAPE {fit['fit_mape']:.2f} %, leave-one-out MAPE "
+                         f"{fit['loo_mape']:.2f} %")
+        else:
+            lines.append("calibration none (predictions are raw op sums)")
+        v = m.validation
+        if v:
+            lines.append(f"validation {v['n']} held-out networks ({v['validated_at']}): MAPE {v['mape']:.2f} %, "
+                         f"within ±5 % {v['within_5']:.1f} %, within ±10 % {v['within_10']:.1f} %, "
+                         f"Spearman {v['spearman']:.4f}, Kendall {v['kendall']:.4f}")
+        else:
+            lines.append("validation none yet (run `fastvit-nas lut validate`)")
+        return "\n".join(lines)
+
+    # ---- storage -----------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write atomically (temp file + rename), so an interrupted build never leaves a truncated LUT."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(self.rows, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[META_KEY] = json.dumps(asdict(self.meta), sort_keys=True).encode()
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> LatencyTable:
+        """Read a LUT; a missing, corrupt, truncated or foreign file is one clear `LutError` line."""
+        path = Path(path)
+        if not path.is_file():
+            raise LutError(f"{path}: no such LUT file (build one with `fastvit-nas lut build --out {path}`)")
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LutError(f"{path}: not a readable LUT (corrupt or truncated parquet: {reason})") from None
+        raw = (table.schema.metadata or {}).get(META_KEY)
+        if raw is None:
+            raise LutError(f"{path}: a parquet file but not a fastvit-nas LUT (no {META_KEY.decode()} metadata)")
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise LutError(f"{path}: LUT metadata is not valid JSON ({exc.msg})") from None
+        meta = LutMeta.from_dict(data, str(path))
+        rows = table.to_pandas()
+        absent = [c for c in OP_COLUMNS + TIMING_COLUMNS if c not in rows.columns]
+        if absent:
+            raise LutError(f"{path}: LUT lacks column(s) {', '.join(absent)}")
+        if rows["key"].duplicated().any():
+            raise LutError(f"{path}: LUT has duplicate key {rows.loc[rows['key'].duplicated(), 'key'].iloc[0]}")
+        return cls(meta, rows)

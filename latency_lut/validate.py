@@ -1,0 +1,135 @@
+"""Validation: how right the LUT is, in numbers, on held-out networks measured end-to-end.
+
+Held-out specs (never the calibration ones) are measured by the LUT's own backend and protocol on the
+device the LUT describes (its fingerprint must match this machine), then compared with the prediction:
+MAPE, the share within ±5 % and ±10 %, Spearman and Kendall rank correlation, and a predicted-vs-measured
+scatter plot. The figures are stored in the LUT metadata so `lut show` reports them with the table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+from ..fastvit.spec import ArchSpec
+from .backends import Backend, get_backend
+from .build import measure_missing, measure_networks, new_meta
+from .measure import Protocol
+from .ops import op_counts
+from .predict import Predictor
+from .spaces import SpaceSource
+from .table import LatencyTable, LutError, LutMeta
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Predicted-vs-measured figures of one validation run."""
+
+    n: int
+    mape: float
+    within_5: float
+    within_10: float
+    spearman: float
+    kendall: float
+    ops_filled: int
+    seconds: float
+    plot: str | None
+    arch_ids: list[str]
+    predicted_ms: list[float]
+    measured_ms: list[float]
+
+    def summary(self) -> dict:
+        """The figures without the per-spec lists."""
+        return {k: v for k, v in asdict(self).items() if k not in ("arch_ids", "predicted_ms", "measured_ms")}
+
+
+def figures(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """MAPE (%), shares within ±5 % / ±10 % (%), Spearman and Kendall of predicted vs measured."""
+    rel = np.abs(predicted - measured) / measured
+    return {"mape": float(rel.mean() * 100), "within_5": float((rel <= 0.05).mean() * 100),
+            "within_10": float((rel <= 0.10).mean() * 100),
+            "spearman": float(spearmanr(predicted, measured).statistic) if len(rel) > 1 else float("nan"),
+            "kendall": float(kendalltau(predicted, measured).statistic) if len(rel) > 1 else float("nan")}
+
+
+def held_out_specs(lut: Path, space: SpaceSource, n: int, seed: int) -> list[ArchSpec]:
+    """`n` distinct specs of the space that are not among the LUT's calibration networks."""
+    points = (LatencyTable.load(lut).meta.calibration or {}).get("points", [])
+    return space.sample(n, seed, exclude={p["arch_id"] for p in points})
+
+
+def backend_for(meta: LutMeta) -> Backend:
+    """A backend with the LUT's settings and protocol, so validation measures exactly as the build did."""
+    return get_backend(meta.backend, device=meta.device.get("kind", "?"), dtype=meta.dtype,
+                       threads=meta.threads or 1, protocol=Protocol(**meta.protocol))
+
+
+def scatter_plot(predicted: np.ndarray, measured: np.ndarray, stats: dict[str, float], title: str,
+                 path: Path) -> None:
+    """Predicted vs measured with the y = x line and the ±10 % band (matplotlib, Agg, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    hi = float(max(predicted.max(), measured.max())) * 1.05
+    line = np.array([0, hi])
+    ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="±10 %")
+    ax.plot(line, line, color="tab:green", lw=1)
+    ax.scatter(measured, predicted, s=12)
+    ax.set(xlim=(0, hi), ylim=(0, hi), xlabel="measured (ms)", ylabel="predicted (ms)")
+    ax.set_title(f"{title}\nMAPE {stats['mape']:.1f} %, ±10 %: {stats['within_10']:.0f} %, "
+                 f"Spearman {stats['spearman']:.3f}", fontsize=9)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def validate(lut: Path, specs: list[ArchSpec], plot: Path | None = None, backend: Backend | None = None,
+             progress: bool = False) -> ValidationReport:
+    """Measure `specs` end-to-end on this machine and compare with the LUT; stores the figures in the LUT.
+
+    Ops of the specs that the LUT lacks are measured first (same protocol), provided this machine and its
+    library versions match the LUT; the count is reported as `ops_filled`.
+    """
+    start = time.monotonic()
+    lut = Path(lut)
+    table = LatencyTable.load(lut)
+    meta = table.meta
+    if meta.device.get("kind") not in ("cpu", "cuda"):
+        raise LutError(f"{lut}: measured on {meta.describe_device()}, which this machine cannot run; validate "
+                       "it on that device")
+    backend = backend or backend_for(meta)
+    here = new_meta(backend, meta.img_size, meta.batch)
+    meta.check_compatible(here, str(lut), versions=False)
+    held_out = {p["arch_id"] for p in (meta.calibration or {}).get("points", [])}
+    specs = [s for s in specs if s.arch_id not in held_out]
+    if not specs:
+        raise LutError("validate: no held-out specs (all were calibration specs)")
+    if table.missing(k for s in specs for k in _keys(s, meta)):
+        meta.check_compatible(here, str(lut), versions=True)
+    _, filled = measure_missing(table, backend, specs, lut, progress)
+    measured = np.array([t.latency_ms for t in measure_networks(backend, specs, meta.img_size, meta.batch, progress)])
+    predicted = Predictor(table, str(lut)).predict_many(specs)
+    stats = figures(predicted, measured)
+    if plot is not None:
+        scatter_plot(predicted, measured, stats, f"{meta.backend} {meta.dtype} b{meta.batch} {meta.img_size}px on "
+                     f"{meta.describe_device()}", plot)
+    report = ValidationReport(n=len(specs), ops_filled=filled, seconds=time.monotonic() - start,
+                              plot=str(plot) if plot else None, arch_ids=[s.arch_id for s in specs],
+                              predicted_ms=predicted.tolist(), measured_ms=measured.tolist(), **stats)
+    meta.validation = {**report.summary(), "validated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "torch_version": here.torch_version, "backend_version": here.backend_version}
+    table.save(lut)
+    return report
+
+
+def _keys(spec: ArchSpec, meta: LutMeta) -> list[str]:
+    return [op.key for op, _ in op_counts(spec, meta.img_size, meta.batch)]
