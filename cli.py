@@ -167,7 +167,8 @@ def _lut_validate(args: argparse.Namespace) -> None:
     lut = Path(args.lut)
     space = resolve_space(args.space or LatencyTable.load(lut).meta.space)
     plot = Path(args.plot) if args.plot else lut.with_suffix(".validation.png")
-    report = validate(lut, held_out_specs(lut, space, args.n, args.seed), plot=plot, progress=True)
+    report = validate(lut, held_out_specs(lut, space, args.n, args.seed), plot=plot, progress=True,
+                      remeasure=args.remeasure)
     print(json.dumps(report.summary(), indent=2))
 
 
@@ -243,6 +244,8 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("--seed", type=int, default=1)
     validate.add_argument("--space", help="default: the space the LUT was built from")
     validate.add_argument("--plot", help="scatter PNG (default: next to the LUT)")
+    validate.add_argument("--remeasure", action="store_true",
+                          help="measure the networks twice: the machine's repeatability, the ceiling of any LUT")
     validate.set_defaults(func=_lut_validate)
     show = actions.add_parser("show", help="settings, device, coverage, calibration and validation figures")
     show.add_argument("lut")

@@ -320,3 +320,19 @@ def test_prediction_is_vectorized_and_fast():
         rates.append(len(specs) / (time.process_time() - start))
     assert max(rates) >= 10_000, f"{max(rates):.0f} specs/s"
     assert predicted[0] == pytest.approx(sum(n for _, n in op_counts(specs[0], 256)))
+
+
+def test_validate_cli_reports_figures_plot_and_repeatability(real_lut, capsys):
+    """`lut validate --remeasure` on held-out tiny specs: figures in range, PNG written, stored for `lut show`."""
+    plot = real_lut.parent / "validation.png"
+    assert main(["lut", "validate", "--lut", str(real_lut), "-n", "4", "--seed", "5", "--space", "tiny",
+                 "--plot", str(plot), "--remeasure"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 4 and report["mape"] >= 0 and 0 <= report["within_10"] <= 100
+    assert -1 <= report["spearman"] <= 1 and set(report["repeatability"]) == {"mape", "within_5", "within_10",
+                                                                             "spearman", "kendall"}
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    meta = LatencyTable.load(real_lut).meta
+    assert meta.validation["n"] == 4 and meta.validation["repeatability"] == report["repeatability"]
+    assert main(["lut", "show", str(real_lut)]) == 0
+    assert "repeatability" in capsys.readouterr().out
