@@ -168,8 +168,16 @@ def _lut_validate(args: argparse.Namespace) -> None:
     space = resolve_space(args.space or LatencyTable.load(lut).meta.space)
     plot = Path(args.plot) if args.plot else lut.with_suffix(".validation.png")
     report = validate(lut, held_out_specs(lut, space, args.n, args.seed), plot=plot, progress=True,
-                      remeasure=args.remeasure)
+                      remeasure=args.remeasure, recalibrate_first=args.recalibrate)
     print(json.dumps(report.summary(), indent=2))
+
+
+def _lut_calibrate(args: argparse.Namespace) -> None:
+    from .latency_lut import LatencyTable, recalibrate_lut
+
+    drift = recalibrate_lut(Path(args.lut), progress=True)
+    print(f"calibration networks now take {drift:.3f}x their previous time")
+    print(LatencyTable.load(Path(args.lut)).describe())
 
 
 def _lut_show(args: argparse.Namespace) -> None:
@@ -246,7 +254,12 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("--plot", help="scatter PNG (default: next to the LUT)")
     validate.add_argument("--remeasure", action="store_true",
                           help="measure the networks twice: the machine's repeatability, the ceiling of any LUT")
+    validate.add_argument("--recalibrate", action="store_true",
+                          help="re-time the calibration networks in the same sweeps: drift since the build not counted")
     validate.set_defaults(func=_lut_validate)
+    calibrate = actions.add_parser("calibrate", help="re-time the calibration networks now and refit (device drift)")
+    calibrate.add_argument("lut")
+    calibrate.set_defaults(func=_lut_calibrate)
     show = actions.add_parser("show", help="settings, device, coverage, calibration and validation figures")
     show.add_argument("lut")
     show.set_defaults(func=_lut_show)

@@ -15,7 +15,7 @@ from .ops import OP_TYPES, Op, op_counts, ops, unique_ops
 from .predict import Calibration, Predictor, fit_calibration, predict
 from .spaces import SpaceSource, resolve_space
 from .table import FORMAT_VERSION, LatencyTable, LutError, LutMeta
-from .validate import ValidationReport, held_out_specs, validate
+from .validate import ValidationReport, held_out_specs, recalibrate_lut, validate
 
 __all__ = [
     "BACKENDS",
@@ -44,6 +44,7 @@ __all__ = [
     "op_counts",
     "ops",
     "predict",
+    "recalibrate_lut",
     "resolve_space",
     "space_specs",
     "unique_ops",

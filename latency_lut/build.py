@@ -9,7 +9,7 @@ and a rerun resumes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from .modules import op_module
 from .ops import Op, unique_ops
 from .predict import MIN_CALIBRATION_POINTS, Predictor, fit_calibration
 from .spaces import SpaceSource
-from .table import LatencyTable, LutMeta
+from .table import LatencyTable, LutError, LutMeta
 
 CALIBRATION_SEED = 1_000_003
 """Seed of the calibration sample; validation excludes these specs, so its figures are held-out."""
@@ -132,11 +132,50 @@ def calibrate(table: LatencyTable, backend: Backend, specs: list[ArchSpec], prog
     have = {p["arch_id"] for p in points}
     todo = [s for s in specs if s.arch_id not in have]
     timings = measure_networks(backend, todo, meta.img_size, meta.batch, progress, desc="calibration")
-    for spec, t in zip(todo, timings, strict=True):
-        points.append({"arch_id": spec.arch_id, "spec": spec.to_dict(), "measured_ms": t.latency_ms,
-                       "median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "count": t.count})
+    points += [_calibration_point(spec, t) for spec, t in zip(todo, timings, strict=True)]
     refit(table, points)
     return len(todo)
+
+
+def recalibrate(table: LatencyTable, backend: Backend, progress: bool = False,
+                alongside: Sequence[ArchSpec] = ()) -> tuple[float, list[Timing]]:
+    """Measure the LUT's calibration networks again, now, and refit on these points alone.
+
+    A device's speed drifts between the build and the use (clocks, thermal state, other tenants of a shared
+    host), while its ops keep their relative costs; re-timing the few calibration networks moves the whole
+    table to the device's present state in seconds, without re-measuring thousands of ops. `alongside` networks
+    (validation's held-out ones) are timed in the same sweeps, interleaved with the calibration networks, so a
+    burst of interference lands on both alike instead of skewing the calibration alone. Returns the drift
+    (median ratio of the new end-to-end latencies to the old ones) and the timings of `alongside`.
+    """
+    old = (table.meta.calibration or {}).get("points", [])
+    if not old:
+        raise LutError("recalibrate: the LUT has no calibration networks; build it with --calib N (N >= "
+                       f"{MIN_CALIBRATION_POINTS})")
+    specs = [ArchSpec.from_dict(p["spec"]) for p in old]
+    order = _interleave(len(specs), len(alongside))
+    both = [specs[i] if is_calibration else alongside[i] for is_calibration, i in order]
+    timed = measure_networks(backend, both, table.meta.img_size, table.meta.batch, progress, desc="recalibration")
+    by_kind: dict[bool, dict[int, Timing]] = {True: {}, False: {}}
+    for (is_calibration, i), timing in zip(order, timed, strict=True):
+        by_kind[is_calibration][i] = timing
+    points = [_calibration_point(spec, by_kind[True][i]) for i, spec in enumerate(specs)]
+    refit(table, points)
+    table.meta.calibration["recalibrated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    drift = float(np.median([new["measured_ms"] / prev["measured_ms"] for new, prev in zip(points, old, strict=True)]))
+    return drift, [by_kind[False][i] for i in range(len(alongside))]
+
+
+def _interleave(n_calibration: int, n_alongside: int) -> list[tuple[bool, int]]:
+    """(is_calibration, index) pairs, each list spread evenly over the whole sequence."""
+    keyed = [((i + 0.5) / n_calibration, True, i) for i in range(n_calibration)]
+    keyed += [((j + 0.5) / n_alongside, False, j) for j in range(n_alongside)]
+    return [(is_calibration, i) for _, is_calibration, i in sorted(keyed)]
+
+
+def _calibration_point(spec: ArchSpec, timing: Timing) -> dict:
+    return {"arch_id": spec.arch_id, "spec": spec.to_dict(), "measured_ms": timing.latency_ms,
+            "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "count": timing.count}
 
 
 def refit(table: LatencyTable, points: list[dict]) -> None:

@@ -1,13 +1,13 @@
 """The measurement protocol, shared by every op and every end-to-end network so both are timed alike.
 
-Warm-up (a minimum number of calls and a minimum time, so caches, allocators and lazy kernel selection
-settle), then rounds of timed calls until the running median moves by less than `rel_tol` between rounds
-(or a repetition/time cap is hit). We record the median (robust to the shared machine's hiccups), the
-inter-quartile range as the spread, the minimum and the number of timed calls. `estimator` picks which of
-median and minimum is *the* latency: the median by default; the minimum is the usual choice on a machine
-shared with other jobs, whose interference only ever adds time. Builders time every item in `passes` sweeps
-over all items and keep each item's fastest sweep (`best_of_passes`): a burst of interference from another
-job then spoils one sweep of a few items, not the table. A backend supplies `run_once`, which
+Warm-up (a minimum number of calls and a minimum time, so caches, allocators and lazy kernel selection settle),
+then rounds of timed calls until the running median moves by less than `rel_tol` between rounds (or a
+repetition/time cap is hit). We record the median (robust to the shared machine's hiccups), the inter-quartile
+range as the spread, the minimum and the number of timed calls. `estimator` picks which of median and minimum is
+*the* latency: the median by default; the minimum is the usual choice on a machine shared with other jobs, whose
+interference only ever adds time. Builders time every item in `passes` sweeps over all items and keep each
+item's fastest sweep (`best_of_passes`): a burst of interference from another job then spoils one sweep of a few
+items, not the table, and the later sweeps run in a shuffled order. A backend supplies `run_once`, which
 performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
 """
 
@@ -98,17 +98,23 @@ def wall_clock(fn: Callable[[], object]) -> Callable[[], float]:
 
 
 def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: int,
-                   on_done: Callable[[T, Timing], None] | None = None) -> list[Timing]:
+                   on_done: Callable[[T, Timing], None] | None = None, seed: int = 0) -> list[Timing]:
     """Time every item in `passes` sweeps and keep, per item, the sweep with the lowest latency.
 
-    `on_done(item, timing)` is called as each item's final sweep finishes (for progress and checkpoints).
+    The first sweep keeps the given order, later ones visit the items in a seeded shuffle: an op timed right after
+    the same predecessor in every sweep would inherit the same cache, allocator and kernel-selection state each
+    time, and one unlucky state would survive the minimum. `on_done(item, timing)` is called as each item's final
+    sweep finishes (for progress and checkpoints).
     """
+    sweeps = max(1, passes)
+    rng = np.random.default_rng(seed)
     best: list[Timing | None] = [None] * len(items)
-    for sweep in range(max(1, passes)):
-        for i, item in enumerate(items):
-            timing = time_one(item)
+    for sweep in range(sweeps):
+        order = range(len(items)) if sweep == 0 else rng.permutation(len(items))
+        for i in order:
+            timing = time_one(items[i])
             if best[i] is None or timing.latency_ms < best[i].latency_ms:
                 best[i] = timing
-            if on_done is not None and sweep == max(1, passes) - 1:
-                on_done(item, best[i])
+            if on_done is not None and sweep == sweeps - 1:
+                on_done(items[i], best[i])
     return best

@@ -160,7 +160,9 @@ class LatencyTable:
             scales = ", ".join(f"{t} {v:.3f}" for t, v in fit["scales"].items())
             lines.append(f"calibration {fit['model']} on {fit['points']} networks: offset {fit['offset_ms']:.3f} ms, "
                          f"scales {scales}; fit MAPE {fit['fit_mape']:.2f} %, leave-one-out MAPE "
-                         f"{fit['loo_mape']:.2f} %")
+                         f"{fit['loo_mape']:.2f} %"
+                         + (f"; recalibrated {m.calibration['recalibrated_at']}"
+                            if m.calibration.get("recalibrated_at") else ""))
         else:
             lines.append("calibration none (predictions are raw op sums)")
         v = m.validation
@@ -172,6 +174,10 @@ class LatencyTable:
                 r = v["repeatability"]
                 lines.append(f"repeatability the same networks re-measured (the ceiling): MAPE {r['mape']:.2f} %, "
                              f"within ±10 % {r['within_10']:.1f} %, Spearman {r['spearman']:.4f}")
+            if v.get("as_built"):
+                b = v["as_built"]
+                lines.append(f"as built   before recalibration (drift {v['drift']:.3f}x): MAPE {b['mape']:.2f} %, "
+                             f"within ±10 % {b['within_10']:.1f} %, Spearman {b['spearman']:.4f}")
         else:
             lines.append("validation none yet (run `fastvit-nas lut validate`)")
         return "\n".join(lines)

@@ -9,6 +9,11 @@ With `remeasure`, the held-out networks are measured end-to-end a second time an
 for the second measurement against the first: the machine's own repeatability. No table can predict a
 measurement better than the measurement predicts itself, so this is the ceiling to read the LUT's figures
 against (on a shared virtual machine it can be far below nn-Meter's 99 % within ±10 %).
+
+With `recalibrate_first`, the LUT's calibration networks are re-timed in the same sweeps as the held-out ones,
+interleaved (`build.recalibrate`): a host whose speed drifted since the build then shows the table's own error
+rather than the drift. The figures of the build-time calibration on the same measurements are kept beside them
+(`as_built`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from ..fastvit.spec import ArchSpec
 from .backends import Backend, get_backend
-from .build import measure_missing, measure_networks, new_meta
+from .build import measure_missing, measure_networks, new_meta, recalibrate
 from .measure import Protocol
 from .ops import op_counts
 from .predict import Predictor
@@ -49,6 +54,10 @@ class ValidationReport:
     remeasured_ms: list[float] | None = None
     repeatability: dict[str, float] | None = None
     """`figures(remeasured, measured)`: the noise ceiling, when the networks were measured twice."""
+    as_built: dict[str, float] | None = None
+    """The figures of the build-time calibration, when the LUT was recalibrated before measuring."""
+    drift: float | None = None
+    """Calibration networks now / at the last calibration (median ratio), when recalibrated."""
 
     def summary(self) -> dict:
         """The figures without the per-spec lists."""
@@ -101,8 +110,29 @@ def scatter_plot(predicted: np.ndarray, measured: np.ndarray, stats: dict[str, f
     plt.close(fig)
 
 
+def backend_here(table: LatencyTable, lut: Path, backend: Backend | None = None) -> tuple[Backend, LutMeta]:
+    """The backend that re-measures for `table` on this machine, refused unless this is the LUT's device."""
+    meta = table.meta
+    if meta.device.get("kind") not in ("cpu", "cuda"):
+        raise LutError(f"{lut}: measured on {meta.describe_device()}, which this machine cannot run; measure "
+                       "it on that device")
+    backend = backend or backend_for(meta)
+    here = new_meta(backend, meta.img_size, meta.batch)
+    meta.check_compatible(here, str(lut), versions=False)
+    return backend, here
+
+
+def recalibrate_lut(lut: Path, backend: Backend | None = None, progress: bool = False) -> float:
+    """Re-time the calibration networks of the LUT file on this machine, refit and save; returns the drift."""
+    table = LatencyTable.load(Path(lut))
+    backend, _ = backend_here(table, lut, backend)
+    drift, _ = recalibrate(table, backend, progress)
+    table.save(Path(lut))
+    return drift
+
+
 def validate(lut: Path, specs: list[ArchSpec], plot: Path | None = None, backend: Backend | None = None,
-             progress: bool = False, remeasure: bool = False) -> ValidationReport:
+             progress: bool = False, remeasure: bool = False, recalibrate_first: bool = False) -> ValidationReport:
     """Measure `specs` end-to-end on this machine and compare with the LUT; stores the figures in the LUT.
 
     Ops of the specs that the LUT lacks are measured first (same protocol), provided this machine and its
@@ -112,12 +142,7 @@ def validate(lut: Path, specs: list[ArchSpec], plot: Path | None = None, backend
     lut = Path(lut)
     table = LatencyTable.load(lut)
     meta = table.meta
-    if meta.device.get("kind") not in ("cpu", "cuda"):
-        raise LutError(f"{lut}: measured on {meta.describe_device()}, which this machine cannot run; validate "
-                       "it on that device")
-    backend = backend or backend_for(meta)
-    here = new_meta(backend, meta.img_size, meta.batch)
-    meta.check_compatible(here, str(lut), versions=False)
+    backend, here = backend_here(table, lut, backend)
     held_out = {p["arch_id"] for p in (meta.calibration or {}).get("points", [])}
     specs = [s for s in specs if s.arch_id not in held_out]
     if not specs:
@@ -125,7 +150,13 @@ def validate(lut: Path, specs: list[ArchSpec], plot: Path | None = None, backend
     if table.missing(k for s in specs for k in _keys(s, meta)):
         meta.check_compatible(here, str(lut), versions=True)
     _, filled = measure_missing(table, backend, specs, lut, progress)
-    measured = np.array([t.latency_ms for t in measure_networks(backend, specs, meta.img_size, meta.batch, progress)])
+    stale, drift = None, None
+    if recalibrate_first:
+        stale = Predictor(table, str(lut)).predict_many(specs)
+        drift, timings = recalibrate(table, backend, progress, alongside=specs)
+    else:
+        timings = measure_networks(backend, specs, meta.img_size, meta.batch, progress)
+    measured = np.array([t.latency_ms for t in timings])
     remeasured = (np.array([t.latency_ms for t in measure_networks(backend, specs, meta.img_size, meta.batch,
                                                                     progress, desc="re-measure")])
                   if remeasure else None)
@@ -138,7 +169,8 @@ def validate(lut: Path, specs: list[ArchSpec], plot: Path | None = None, backend
                               plot=str(plot) if plot else None, arch_ids=[s.arch_id for s in specs],
                               predicted_ms=predicted.tolist(), measured_ms=measured.tolist(),
                               remeasured_ms=None if remeasured is None else remeasured.tolist(),
-                              repeatability=None if remeasured is None else figures(remeasured, measured), **stats)
+                              repeatability=None if remeasured is None else figures(remeasured, measured),
+                              as_built=None if stale is None else figures(stale, measured), drift=drift, **stats)
     meta.validation = {**report.summary(), "validated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "torch_version": here.torch_version, "backend_version": here.backend_version}
     table.save(lut)
