@@ -66,6 +66,11 @@ def prediction_rate(space_ref: str, n: int = 3000, seed: int = 3) -> dict[str, f
     return {"specs": len(specs), "wall_specs_per_s": max(wall), "cpu_specs_per_s": max(cpu)}
 
 
+def _figures(f: dict) -> str:
+    return (f"±10%: {f['within_10']:5.1f}%  ±5%: {f['within_5']:5.1f}%  MAPE {f['mape']:5.2f}%  "
+            f"Spearman {f['spearman']:.4f}")
+
+
 def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, out_dir: Path) -> dict:
     space = resolve_space(args.space)
     held_out = space.sample(args.n, args.seed)
@@ -131,16 +136,12 @@ def main() -> None:
         result["results"].append(r)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after each configuration
         print(f"{r['backend']:11s} {r['device']} {r['dtype']} b{r['batch']} {r['img_size']:4d}px n={r['n']:3d}  "
-              f"±10%: {r['within_10']:5.1f}%  ±5%: {r['within_5']:5.1f}%  MAPE {r['mape']:5.2f}%  "
-              f"Spearman {r['spearman']:.4f}  Kendall {r['kendall']:.4f}  build {r['build_s']:5.0f}s / "
-              f"{r['unique_ops']} ops  load {r['load_before'][0]:.1f}->{r['load_after'][0]:.1f}\n"
-              f"{'':>27}re-measured vs measured (ceiling): ±10%: {r['repeatability']['within_10']:5.1f}%  "
-              f"±5%: {r['repeatability']['within_5']:5.1f}%  MAPE {r['repeatability']['mape']:5.2f}%  "
-              f"Spearman {r['repeatability']['spearman']:.4f}", flush=True)
+              f"{_figures(r)}  Kendall {r['kendall']:.4f}  build {r['build_s']:5.0f}s / {r['unique_ops']} ops  "
+              f"load {r['load_before'][0]:.1f}->{r['load_after'][0]:.1f}\n"
+              f"{'':>27}re-measured vs measured (ceiling): {_figures(r['repeatability'])}", flush=True)
         if r["as_built"]:
-            print(f"{'':>27}as built, before recalibration (drift {r['drift']:.3f}x): ±10%: "
-                  f"{r['as_built']['within_10']:5.1f}%  ±5%: {r['as_built']['within_5']:5.1f}%  "
-                  f"MAPE {r['as_built']['mape']:5.2f}%  Spearman {r['as_built']['spearman']:.4f}", flush=True)
+            print(f"{'':>27}as built, before recalibration (drift {r['drift']:.3f}x): {_figures(r['as_built'])}",
+                  flush=True)
     print(f"wrote {args.out}")
 
 

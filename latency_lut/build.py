@@ -156,18 +156,17 @@ def recalibrate(table: LatencyTable, backend: Backend, progress: bool = False,
     order = _interleave(len(specs), len(alongside))
     both = [specs[i] if is_calibration else alongside[i] for is_calibration, i in order]
     timed = measure_networks(backend, both, table.meta.img_size, table.meta.batch, progress, desc="recalibration")
-    by_kind: dict[bool, dict[int, Timing]] = {True: {}, False: {}}
-    for (is_calibration, i), timing in zip(order, timed, strict=True):
-        by_kind[is_calibration][i] = timing
-    points = [_calibration_point(spec, by_kind[True][i]) for i, spec in enumerate(specs)]
+    split = {kind: [t for (is_calibration, _), t in zip(order, timed, strict=True) if is_calibration is kind]
+             for kind in (True, False)}  # each in its own order: `_interleave` keeps it
+    points = [_calibration_point(spec, t) for spec, t in zip(specs, split[True], strict=True)]
     refit(table, points)
     table.meta.calibration["recalibrated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     drift = float(np.median([new["measured_ms"] / prev["measured_ms"] for new, prev in zip(points, old, strict=True)]))
-    return drift, [by_kind[False][i] for i in range(len(alongside))]
+    return drift, split[False]
 
 
 def _interleave(n_calibration: int, n_alongside: int) -> list[tuple[bool, int]]:
-    """(is_calibration, index) pairs, each list spread evenly over the whole sequence."""
+    """(is_calibration, index) pairs, each list spread evenly over the whole sequence and kept in its order."""
     keyed = [((i + 0.5) / n_calibration, True, i) for i in range(n_calibration)]
     keyed += [((j + 0.5) / n_alongside, False, j) for j in range(n_alongside)]
     return [(is_calibration, i) for _, is_calibration, i in sorted(keyed)]

@@ -170,14 +170,12 @@ class LatencyTable:
             lines.append(f"validation {v['n']} held-out networks ({v['validated_at']}): MAPE {v['mape']:.2f} %, "
                          f"within ±5 % {v['within_5']:.1f} %, within ±10 % {v['within_10']:.1f} %, "
                          f"Spearman {v['spearman']:.4f}, Kendall {v['kendall']:.4f}")
-            if v.get("repeatability"):
-                r = v["repeatability"]
-                lines.append(f"repeatability the same networks re-measured (the ceiling): MAPE {r['mape']:.2f} %, "
-                             f"within ±10 % {r['within_10']:.1f} %, Spearman {r['spearman']:.4f}")
-            if v.get("as_built"):
-                b = v["as_built"]
-                lines.append(f"as built   before recalibration (drift {v['drift']:.3f}x): MAPE {b['mape']:.2f} %, "
-                             f"within ±10 % {b['within_10']:.1f} %, Spearman {b['spearman']:.4f}")
+            for key, label in (("repeatability", "the same networks re-measured (the ceiling)"),
+                               ("as_built", f"before recalibration (drift {v.get('drift') or 1:.3f}x)")):
+                if v.get(key):
+                    f = v[key]
+                    lines.append(f"{key.replace('_', ' '):<10} {label}: MAPE {f['mape']:.2f} %, within ±10 % "
+                                 f"{f['within_10']:.1f} %, Spearman {f['spearman']:.4f}")
         else:
             lines.append("validation none yet (run `fastvit-nas lut validate`)")
         return "\n".join(lines)

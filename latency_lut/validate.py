@@ -124,10 +124,11 @@ def backend_here(table: LatencyTable, lut: Path, backend: Backend | None = None)
 
 def recalibrate_lut(lut: Path, backend: Backend | None = None, progress: bool = False) -> float:
     """Re-time the calibration networks of the LUT file on this machine, refit and save; returns the drift."""
-    table = LatencyTable.load(Path(lut))
+    lut = Path(lut)
+    table = LatencyTable.load(lut)
     backend, _ = backend_here(table, lut, backend)
     drift, _ = recalibrate(table, backend, progress)
-    table.save(Path(lut))
+    table.save(lut)
     return drift
 
 
