@@ -97,7 +97,7 @@ def _proxy_validate(args: argparse.Namespace) -> None:
     from .search import measure_fidelity, sample_specs
 
     data, budget = _proxy_inputs(args)
-    specs = sample_specs(args.n, args.space, seed=args.seed, max_flops=args.max_flops)
+    specs = sample_specs(args.n, args.space, seed=args.seed, max_flops=args.max_flops, spread=args.spread)
     with tqdm(total=len(specs), unit="spec", file=sys.stderr) as bar:
         report = measure_fidelity(specs, data, budget, factor=args.factor, cache=_proxy_cache(args),
                                   on_row=lambda _row: bar.update(), repeat_long=args.repeat_long,
@@ -129,6 +129,8 @@ def _add_proxy_commands(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("-n", type=int, default=16, help="number of sampled specs")
     validate.add_argument("--space", default="default", help="space name (default, tiny) or YAML path")
     validate.add_argument("--max-flops", type=int, help="keep sampled specs under this many FLOPs (space img_size)")
+    validate.add_argument("--spread", action="store_true",
+                          help="specs at evenly spaced FLOPs quantiles, spanning the space's cost range")
     validate.add_argument("--factor", type=int, default=8, help="long budget = factor × proxy budget")
     validate.add_argument("--repeat-long", action="store_true",
                           help="train the long budget again with seed+1 to show the reference's own noise")

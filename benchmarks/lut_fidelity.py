@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +134,8 @@ def main() -> None:
     }
     print(f"prediction: {result['prediction_speed']}", flush=True)
     for batch, img, backend in itertools.product(args.batches, args.img_sizes, args.backends):
-        r = run_one(backend, img, batch, args, out_dir)
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+            r = fresh.submit(run_one, backend, img, batch, args, out_dir).result()
         result["results"].append(r)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after each configuration
         print(f"{r['backend']:11s} {r['device']} {r['dtype']} b{r['batch']} {r['img_size']:4d}px n={r['n']:3d}  "

@@ -10,6 +10,7 @@ versions, seeds and every setting.
 The defaults took 35 minutes on two CPU cores with the flags above: 32 px, 250 training and 300 validation images
 per class, one epoch as the proxy, specs under 250 MFLOPs at 256 px. `--repeat-long` is what makes the result
 readable: if the long budget does not agree with itself across seeds, no proxy can be judged against it.
+`--spread` keeps specs at evenly spaced FLOPs quantiles (the cost range a Pareto search ranks across).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", default="default", help="space name or YAML path")
     parser.add_argument("--max-flops", type=float, default=250e6,
                         help="keep sampled specs under this many multiply-adds at the space's img_size (CPU budget)")
+    parser.add_argument("--spread", action="store_true",
+                        help="keep specs at evenly spaced FLOPs quantiles of a 20x larger sample (whole cost range)")
     parser.add_argument("--data", default=None, help="data folder (default: Fashion-MNIST)")
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--train-per-class", type=int, default=250)
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                      val_per_class=args.val_per_class, seed=args.seed)
     budget = ProxyBudget(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                          seed=args.seed)
-    specs = sample_specs(args.n, args.space, seed=args.seed, max_flops=int(args.max_flops) if args.max_flops else None)
+    specs = sample_specs(args.n, args.space, seed=args.seed, max_flops=int(args.max_flops) if args.max_flops else None,
+                         spread=args.spread)
     print(f"{len(specs)} specs, data {data.summary()}, budget {budget.model_dump()}", flush=True)
 
     def on_row(row) -> None:
@@ -75,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     report = measure_fidelity(specs, data, budget, factor=args.factor, cache=ProxyCache(args.cache), on_row=on_row,
                               repeat_long=args.repeat_long, workers=args.workers)
     report.settings.update({
-        "space": args.space, "max_flops": args.max_flops, "n": args.n, "seed": args.seed, "threads": args.threads,
-        "workers": args.workers,
+        "space": args.space, "max_flops": args.max_flops, "spread": args.spread, "n": args.n, "seed": args.seed,
+        "threads": args.threads, "workers": args.workers,
         "total_s": time.perf_counter() - t0, "command": " ".join(sys.argv),
         "versions": {"fastvit_nas": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "scipy": scipy.__version__, "python": platform.python_version()},

@@ -7,8 +7,9 @@ range as the spread, the minimum and the number of timed calls. `estimator` pick
 *the* latency: the median by default; the minimum is the usual choice on a machine shared with other jobs, whose
 interference only ever adds time. Builders time every item in `passes` sweeps over all items and keep each
 item's fastest sweep (`best_of_passes`): a burst of interference from another job then spoils one sweep of a few
-items, not the table, and the later sweeps run in a shuffled order. A backend supplies `run_once`, which
-performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
+items, not the table, and the later sweeps run in a shuffled order. `allocator` fixes the memory regime
+(`allocator.py`: freed memory is reused, never faulted in afresh on every call). A backend supplies `run_once`,
+which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import numpy as np
+
+from .allocator import ALLOCATORS
 
 T = TypeVar("T")
 
@@ -36,10 +39,13 @@ class Protocol:
     rel_tol: float = 0.02
     estimator: str = "median"
     passes: int = 2
+    allocator: str = "reuse"
 
     def __post_init__(self) -> None:
         if self.estimator not in ("median", "min"):
             raise ValueError(f"estimator must be median or min, got {self.estimator!r}")
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}")
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)

@@ -156,24 +156,33 @@ def _nan_to_none(obj: Any) -> Any:
 
 
 def sample_specs(n: int, space: str | Path = "default", seed: int = 0, max_flops: int | None = None,
-                 tries_per_spec: int = 2000) -> list[ArchSpec]:
+                 tries_per_spec: int = 2000, spread: bool = False, pool_factor: int = 20) -> list[ArchSpec]:
     """`n` distinct specs drawn with `seed` from a search space (a name or a YAML path).
 
     `max_flops` (at the space's img_size) keeps only networks a CPU can proxy-train in the time at hand; it
     rejects samples instead of adding a range to the space, so the kept networks follow the space's own
-    distribution below the cap rather than piling up at it.
+    distribution below the cap rather than piling up at it. With `spread`, `pool_factor` × `n` specs are drawn
+    and the `n` at evenly spaced FLOPs quantiles kept: a search ranks networks across the whole cost range of
+    its Pareto front, whereas uniform samples crowd where the space has most networks, and a fidelity figure
+    measured there answers only the harder half of the question.
     """
     searchable = load_space(space)
     rng = np.random.default_rng(seed)
+    want = n * pool_factor if spread else n
     specs: dict[str, ArchSpec] = {}
-    for _ in range(tries_per_spec * n):
+    for _ in range(tries_per_spec * want):
         spec = searchable.sample(rng)
         if max_flops is None or searchable.size(spec).flops <= max_flops:
             specs.setdefault(spec.arch_id, spec)
-        if len(specs) == n:
-            return list(specs.values())
-    cap = f" under {max_flops} FLOPs" if max_flops is not None else ""
-    raise FastVitNasError(f"space {space}: found only {len(specs)} distinct specs{cap}, asked for {n}")
+        if len(specs) == want:
+            break
+    if len(specs) < n:
+        cap = f" under {max_flops} FLOPs" if max_flops is not None else ""
+        raise FastVitNasError(f"space {space}: found only {len(specs)} distinct specs{cap}, asked for {n}")
+    if not spread:
+        return list(specs.values())
+    by_flops = sorted(specs.values(), key=lambda s: (searchable.size(s).flops, s.arch_id))
+    return [by_flops[round(i)] for i in np.linspace(0, len(by_flops) - 1, n)]
 
 
 def _score_row(spec: ArchSpec, data: ProxyData, budget: ProxyBudget, factor: int, zero_cost: list[str] | None,

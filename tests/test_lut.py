@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import resource
 import subprocess
 import sys
 import time
@@ -274,6 +275,25 @@ def test_real_measurement_is_positive_and_finite(real_lut):
     op = ops(PRESETS["t8"], IMG)[1]
     timing = get_backend("torch", threads=2, protocol=Protocol.quick()).time_module(op_module(op), op.in_shape)
     assert 0 < timing.latency_ms < 1e4 and timing.iqr_ms >= 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reuse regime is set through glibc's mallopt")
+def test_measurement_reuses_freed_memory_instead_of_faulting_pages_in_every_call():
+    """An activation above glibc's largest mmap threshold (32 MB) is otherwise mapped afresh in every call, and
+    its page faults (7 of the 8-9 ms a 256 px stem op took on the reference VM) would be timed as its latency."""
+    backend = get_backend("torch", threads=1, protocol=Protocol.quick())
+    assert backend.protocol.allocator == "reuse"
+    assert new_meta(backend, img_size=IMG, batch=1).protocol["allocator"] == "reuse"
+    conv, x = torch.nn.Conv2d(3, 64, 3, padding=1), torch.randn(1, 3, 512, 512)  # 64 MB out: 16,384 pages
+    with torch.inference_mode():
+        conv(x)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(4):
+            conv(x)
+        faults_per_call = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
+    assert faults_per_call < 1000, faults_per_call
+    with pytest.raises(ValueError, match="allocator"):
+        Protocol(allocator="jemalloc")
 
 
 def test_deeper_or_wider_is_never_predicted_faster(real_lut, tiny_specs, tmp_path):

@@ -5,12 +5,23 @@ import math
 
 from fastvit_nas.cli import main
 from fastvit_nas.search import FidelityReport, ProxyBudget, load_data, measure_fidelity, sample_specs
+from fastvit_nas.space import load_space
 
 
 def test_sample_specs_are_distinct_seeded_and_capped():
     specs = sample_specs(5, "tiny", seed=3)
     assert len({s.arch_id for s in specs}) == 5 and sample_specs(5, "tiny", seed=3) == specs
     assert all(s.stages[0].width == 16 for s in sample_specs(3, "tiny", seed=0, max_flops=3_000_000))
+
+
+def test_spread_sample_spans_the_cost_range_in_flops_order():
+    """The spread sample holds the uniform one's pool, so its FLOPs range can only be wider; here strictly."""
+    space = load_space("default")
+    flops = [[space.size(s).flops for s in sample_specs(6, "default", seed=2, spread=spread)]
+             for spread in (False, True)]
+    assert flops[1] == sorted(flops[1]) and len(set(flops[1])) == 6
+    assert flops[1][0] < min(flops[0]) and flops[1][-1] > max(flops[0])
+    assert sample_specs(6, "default", seed=2, spread=True) == sample_specs(6, "default", seed=2, spread=True)
 
 
 def test_proxy_validate_writes_table_json_and_png(tmp_path, capsys):

@@ -7,11 +7,13 @@ A backend owns how a module runs (torch eager, an ONNX Runtime session, ...) and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import ClassVar
 
 from torch import nn
 
 from ...errors import FastVitNasError
+from ..allocator import apply_allocator
 from ..device import fingerprint, require_cuda
 from ..measure import Protocol, Timing
 
@@ -41,7 +43,8 @@ class Backend(ABC):
         self.device = device
         self.dtype = canonical_dtype(dtype)
         self.threads = threads
-        self.protocol = protocol or Protocol()
+        protocol = protocol or Protocol()
+        self.protocol = replace(protocol, allocator=apply_allocator(protocol.allocator))
 
     def fingerprint(self) -> dict[str, str | int]:
         return fingerprint(self.device, self.threads)
