@@ -133,7 +133,7 @@ def _add_proxy_commands(sub: argparse._SubParsersAction) -> None:
                           help="specs at evenly spaced FLOPs quantiles, spanning the space's cost range")
     validate.add_argument("--factor", type=int, default=8, help="long budget = factor × proxy budget")
     validate.add_argument("--repeat-long", action="store_true",
-                          help="train the long budget again with seed+1 to show the reference's own noise")
+                          help="train the long budget again with another seed to show the reference's own noise")
     validate.add_argument("--workers", type=int, default=1, help="candidates trained in parallel processes")
     validate.add_argument("--out", default="proxy_fidelity", help="folder for the JSON and PNG")
     _add_proxy_args(validate)

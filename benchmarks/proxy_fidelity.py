@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="candidates trained in parallel processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat-long", action="store_true",
-                        help="train the long budget again with seed+1: the noise ceiling of the reference")
+                        help="train the long budget again with another seed: the noise ceiling of the reference")
     parser.add_argument("--cache", default=str(RESULTS / "proxy_cache"), help="proxy result cache folder")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_row(row) -> None:
         print(f"{row.spec.arch_id} {row.spec.readable[:48]:<48} proxy {_top1(row.proxy)} long {_top1(row.long)} "
-              f"{'' if row.long_repeat is None else f'long(seed+1) {_top1(row.long_repeat)} '}"
+              f"{'' if row.long_repeat is None else f'long(reseeded) {_top1(row.long_repeat)} '}"
               f"({row.proxy.wall_time_s:.0f}s + {row.long.wall_time_s:.0f}s + zc {row.zero_cost_s:.1f}s)", flush=True)
 
     t0 = time.perf_counter()

@@ -31,15 +31,16 @@ def test_proxy_validate_writes_table_json_and_png(tmp_path, capsys):
                  "--cache", str(tmp_path / "cache"), "--repeat-long"])
     assert code == 0
     table = capsys.readouterr().out
-    for scorer in ("proxy", "synflow", "naswot", "grad_norm", "snip", "params", "flops", "zc_vote", "long_seed+1"):
+    for scorer in ("proxy", "synflow", "naswot", "grad_norm", "snip", "params", "flops", "zc_vote", "long_reseeded"):
         assert f"\n{scorer} " in table
     assert "seconds per candidate" in table
     report = json.loads((out / "proxy_fidelity.json").read_text())
     assert report["factor"] == 2 and len(report["rows"]) == 3
     assert report["settings"]["long_budget"]["epochs"] == 2 * report["settings"]["budget"]["epochs"]
+    assert report["settings"]["long_budget"]["seed"] != report["settings"]["budget"]["seed"]  # no shared noise
     assert all(-1 <= c["kendall"] <= 1 for c in report["correlations"].values() if c["kendall"] is not None)
     assert (out / "proxy_fidelity.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 9  # proxy, long and long with seed + 1
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 9  # proxy, long and long with another seed
 
 
 def test_correlations_are_nan_when_undefined():
