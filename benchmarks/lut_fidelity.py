@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import multiprocessing
 import os
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +43,7 @@ from fastvit_nas.latency_lut import (
 )
 from fastvit_nas.latency_lut.build import CALIBRATION_SEED, new_meta
 from fastvit_nas.latency_lut.ops import stage_ops
+from fastvit_nas.workers import worker_pool
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -134,7 +133,7 @@ def main() -> None:
     }
     print(f"prediction: {result['prediction_speed']}", flush=True)
     for batch, img, backend in itertools.product(args.batches, args.img_sizes, args.backends):
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        with worker_pool(1) as fresh:
             r = fresh.submit(run_one, backend, img, batch, args, out_dir).result()
         result["results"].append(r)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after each configuration

@@ -8,11 +8,10 @@ proxy top-1 and of every zero-cost proxy against the long-budget top-1, with the
 from __future__ import annotations
 
 import json
-import multiprocessing
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from scipy import stats
 from ..errors import FastVitNasError
 from ..fastvit.spec import ArchSpec
 from ..space import load_space
+from ..workers import worker_pool
 from .cache import ProxyCache
 from .data import ProxyData
 from .proxy import ProxyBudget, ProxyResult, proxy_score, torch_threads
@@ -231,7 +231,7 @@ def measure_fidelity(specs: Sequence[ArchSpec], data: ProxyData, budget: ProxyBu
             if on_row is not None:
                 on_row(rows[i])
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with worker_pool(workers) as pool:
             futures = {pool.submit(_score_row, *item): i for i, item in enumerate(args)}
             for future in as_completed(futures):
                 rows[futures[future]] = future.result()
