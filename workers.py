@@ -9,22 +9,22 @@ dies (Linux `PR_SET_PDEATHSIG`; elsewhere they behave as before).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
+
+from .libc import libc_function
 
 _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent_pid: int) -> None:
     """Pool initializer: SIGTERM this worker when `parent_pid` exits (also if it already has)."""
-    name = ctypes.util.find_library("c")
-    if name is None or not hasattr(ctypes.CDLL(name), "prctl"):
+    prctl = libc_function("prctl")
+    if prctl is None:
         return
-    ctypes.CDLL(name).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -12,9 +12,9 @@ processes keep the memory they peak at.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from functools import cache
+
+from ..libc import libc_function
 
 ALLOCATORS = ("reuse", "system")
 _M_TRIM_THRESHOLD = -1
@@ -25,14 +25,8 @@ _NEVER_TRIM = 2**31 - 1
 @cache
 def reuse_freed_memory() -> bool:
     """Tell glibc malloc never to map large blocks separately nor to trim the heap; False where not glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
+    mallopt = libc_function("mallopt")
+    return mallopt is not None and bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
 
 
 def apply_allocator(requested: str) -> str:
