@@ -154,7 +154,8 @@ def _lut_space(args: argparse.Namespace):
 def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
-    protocol = Protocol.quick() if args.quick else Protocol(estimator=args.estimator)
+    protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator),
+                                   **({} if args.reference_s is None else {"reference_s": args.reference_s}))
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=protocol)
     report = build_lut(Path(args.out), backend, specs=_lut_specs(args), space=_lut_space(args),
@@ -245,6 +246,9 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--threads", type=int, default=2, help="intra-op threads (fixed and recorded)")
     build.add_argument("--estimator", default="median", choices=("median", "min"),
                        help="latency statistic (min suits a machine shared with other jobs)")
+    build.add_argument("--reference-s", type=float,
+                       help="seconds between readings of the host-speed reference that every timing is divided "
+                            "by (default 5; 0: none, e.g. on a dedicated device)")
     build.add_argument("--quick", action="store_true", help="few repetitions: smoke tests only")
     build.add_argument("--out", required=True, help="LUT parquet file (created or extended)")
     build.set_defaults(func=_lut_build)

@@ -41,8 +41,9 @@ from fastvit_nas.latency_lut import (
     unique_ops,
     validate,
 )
-from fastvit_nas.latency_lut.build import CALIBRATION_SEED, new_meta
+from fastvit_nas.latency_lut.build import CALIBRATION_SEED, new_meta, refit
 from fastvit_nas.latency_lut.ops import stage_ops
+from fastvit_nas.latency_lut.validate import ValidationReport, figures
 from fastvit_nas.workers import worker_pool
 
 RESULTS = Path(__file__).parent / "results"
@@ -72,12 +73,40 @@ def _figures(f: dict) -> str:
             f"Spearman {f['spearman']:.4f}")
 
 
+def unnormalised(lut: Path, report: ValidationReport, specs: list) -> dict:
+    """The same run as if no speed reference had been used, side by side with the normalised figures.
+
+    Every op, calibration point and held-out timing is multiplied back by the slowdown it was divided by, the
+    calibration is refitted on those points, and the figures are recomputed: what the LUT would have scored
+    without the reference (each item's fastest sweep was chosen on normalised times, a small difference).
+    """
+    table = LatencyTable.load(lut)
+    table.rows["latency_ms"] = table.rows["latency_ms"] * table.rows["slowdown"]
+    refit(table, [{**p, "measured_ms": p["measured_ms"] * p.get("slowdown", 1.0)}
+                  for p in table.meta.calibration["points"]])
+    predicted = Predictor(table).predict_many(specs)
+    measured = np.array(report.measured_ms) * np.array(report.slowdowns)
+    remeasured = np.array(report.remeasured_ms) * np.array(report.remeasured_slowdowns)
+    return {**figures(predicted, measured), "repeatability": figures(remeasured, measured)}
+
+
+def slowdown_trace(lut: Path) -> dict:
+    """The host's slowdown readings during build and validation: how much there was to normalise."""
+    record = LatencyTable.load(lut).meta.speed_reference or {}
+    values = np.array([v for _, v in record.get("trace", [])])
+    if not len(values):
+        return {}
+    return {"readings": len(values), "min": float(values.min()), "median": float(np.median(values)),
+            "max": float(values.max()), "reading_s": record.get("reading_s"), "trace": record["trace"]}
+
+
 def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, out_dir: Path) -> dict:
     space = resolve_space(args.space)
     held_out = space.sample(args.n, args.seed)
     calibration = space.sample(args.calib, CALIBRATION_SEED)
     backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
-                          protocol=Protocol(estimator=args.estimator, passes=args.passes))
+                          protocol=Protocol(estimator=args.estimator, passes=args.passes,
+                                            reference_s=args.reference_s))
     name = f"{backend_name}_{args.device}_{args.dtype}_b{batch}_{img}"
     lut = out_dir / f"{name}.parquet"
     lut.unlink(missing_ok=True)
@@ -86,7 +115,9 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
                       calibration=calibration, img_size=img, batch=batch, seed=args.seed, progress=args.progress)
     report = validate(lut, held_out, plot=out_dir / f"{name}.png", backend=backend,
                       progress=args.progress, remeasure=True, recalibrate_first=args.recalibrate)
+    speed = slowdown_trace(lut)
     return {
+        "unnormalised": unnormalised(lut, report, held_out) if speed else None, "slowdown": speed,
         "backend": backend_name, "device": args.device, "dtype": args.dtype, "img_size": img,
         "threads": args.threads, "batch": batch, "estimator": args.estimator, "passes": args.passes,
         "n": report.n, "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
@@ -96,7 +127,8 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
         "calibration": build.calibration, "validate_s": report.seconds,
         "load_before": load_before, "load_after": os.getloadavg(), "lut": str(lut), "plot": report.plot,
         "per_spec": {"arch_id": report.arch_ids, "predicted_ms": report.predicted_ms,
-                     "measured_ms": report.measured_ms, "remeasured_ms": report.remeasured_ms},
+                     "measured_ms": report.measured_ms, "remeasured_ms": report.remeasured_ms,
+                     "slowdown": report.slowdowns, "remeasured_slowdown": report.remeasured_slowdowns},
     }
 
 
@@ -114,6 +146,8 @@ def main() -> None:
     parser.add_argument("--space", default="default")
     parser.add_argument("--estimator", default="median", choices=("median", "min"))
     parser.add_argument("--passes", type=int, default=2, help="sweeps over all ops/networks; fastest kept")
+    parser.add_argument("--reference-s", type=float, default=Protocol.reference_s,
+                        help="seconds between host-speed reference readings (0: no reference)")
     parser.add_argument("--full-space", action="store_true", help="build the whole default space's LUT")
     parser.add_argument("--recalibrate", action="store_true",
                         help="re-time the calibration networks interleaved with the held-out ones")
@@ -141,6 +175,12 @@ def main() -> None:
               f"{_figures(r)}  Kendall {r['kendall']:.4f}  build {r['build_s']:5.0f}s / {r['unique_ops']} ops  "
               f"load {r['load_before'][0]:.1f}->{r['load_after'][0]:.1f}\n"
               f"{'':>27}re-measured vs measured (ceiling): {_figures(r['repeatability'])}", flush=True)
+        if r["unnormalised"]:
+            s = r["slowdown"]
+            print(f"{'':>27}without the speed reference: {_figures(r['unnormalised'])}; ceiling "
+                  f"{_figures(r['unnormalised']['repeatability'])}\n{'':>27}host slowdown {s['min']:.3f}-"
+                  f"{s['max']:.3f} (median {s['median']:.3f}) over {s['readings']} readings, {s['reading_s']:.0f} s",
+                  flush=True)
         if r["as_built"]:
             print(f"{'':>27}as built, before recalibration (drift {r['drift']:.3f}x): {_figures(r['as_built'])}",
                   flush=True)

@@ -25,6 +25,7 @@ from .modules import op_module
 from .ops import Op, unique_ops
 from .predict import MIN_CALIBRATION_POINTS, Predictor, fit_calibration
 from .spaces import SpaceSource
+from .speed import speed_normalised
 from .table import LatencyTable, LutError, LutMeta
 
 CALIBRATION_SEED = 1_000_003
@@ -174,7 +175,8 @@ def _interleave(n_calibration: int, n_alongside: int) -> list[tuple[bool, int]]:
 
 def _calibration_point(spec: ArchSpec, timing: Timing) -> dict:
     return {"arch_id": spec.arch_id, "spec": spec.to_dict(), "measured_ms": timing.latency_ms,
-            "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "count": timing.count}
+            "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "count": timing.count,
+            "slowdown": timing.slowdown}
 
 
 def refit(table: LatencyTable, points: list[dict]) -> None:
@@ -197,12 +199,14 @@ def build_lut(out: Path, backend: Backend, *, specs: list[ArchSpec] | None = Non
     """Create or extend the LUT at `out` with every op of `specs` and of `space`, then calibrate.
 
     Only ops missing from an existing LUT are measured; an existing LUT of another device, setting or library
-    version is refused. Calibration networks: `calibration` if given, else `calibration_n` specs sampled
-    from the space with a fixed seed, else the first `calibration_n` of `specs`.
+    version is refused. Every timing is divided by the host's slowdown against the LUT's speed reference
+    (`speed.py`) when the protocol has one. Calibration networks: `calibration` if given, else `calibration_n`
+    specs sampled from the space with a fixed seed, else the first `calibration_n` of `specs`.
     """
     start = time.monotonic()
     out = Path(out)
     table = open_table(out, new_meta(backend, img_size, batch, space.ref if space else None))
+    backend = speed_normalised(backend, table.meta)
     wanted = list(specs or [])
     if space is not None:
         wanted += space_specs(space, img_size, batch, seed)

@@ -8,8 +8,11 @@ range as the spread, the minimum and the number of timed calls. `estimator` pick
 interference only ever adds time. Builders time every item in `passes` sweeps over all items and keep each
 item's fastest sweep (`best_of_passes`): a burst of interference from another job then spoils one sweep of a few
 items, not the table, and the later sweeps run in a shuffled order. `allocator` fixes the memory regime
-(`allocator.py`: freed memory is reused, never faulted in afresh on every call). A backend supplies `run_once`,
-which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
+(`allocator.py`: freed memory is reused, never faulted in afresh on every call). `reference_s` is how often the
+host's speed is re-read from a fixed reference workload during a build or validation (`speed.py`; 0 turns it
+off): every timing is then divided by the host's slowdown, and `Timing.slowdown` keeps the factor. A backend
+supplies `run_once`, which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA
+events on GPU).
 """
 
 from __future__ import annotations
@@ -40,32 +43,40 @@ class Protocol:
     estimator: str = "median"
     passes: int = 2
     allocator: str = "reuse"
+    reference_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.estimator not in ("median", "min"):
             raise ValueError(f"estimator must be median or min, got {self.estimator!r}")
         if self.allocator not in ALLOCATORS:
             raise ValueError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}")
+        if self.reference_s < 0:
+            raise ValueError(f"reference_s must be >= 0 (0: no speed reference), got {self.reference_s!r}")
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
     @classmethod
     def quick(cls) -> Protocol:
-        """Few repetitions: for tests and smoke runs, not for a LUT one should trust."""
+        """Few repetitions and no speed reference: for tests and smoke runs, not for a LUT one should trust."""
         return cls(warmup_calls=1, warmup_s=0.0, min_reps=3, max_reps=10, max_s=0.5, round_size=3, rel_tol=0.05,
-                   estimator="min")
+                   estimator="min", reference_s=0.0)
 
 
 @dataclass(frozen=True)
 class Timing:
-    """The latency by the protocol's estimator, plus median, minimum, spread (IQR) and timed calls."""
+    """The latency by the protocol's estimator, plus median, minimum, spread (IQR) and timed calls.
+
+    `slowdown` is the host's slowdown against the LUT's reference (`speed.py`) that the times were divided by:
+    1.0 when no reference was used; the time as measured is `latency_ms * slowdown`.
+    """
 
     latency_ms: float
     median_ms: float
     min_ms: float
     iqr_ms: float
     count: int
+    slowdown: float = 1.0
 
 
 def measure(run_once: Callable[[], float], protocol: Protocol) -> Timing:

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +30,11 @@ FORMAT_VERSION = 1
 META_KEY = b"fastvit_nas.lut"
 OP_COLUMNS = ("key", "op_type", "batch", "in_ch", "in_h", "in_w", "out_ch", "kernel", "stride", "ffn_kernel",
               "hidden", "heads", "num_classes")
-TIMING_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms", "count", "measured_at")
+TIMING_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms", "count", "measured_at", "slowdown")
+SCALED_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms")
+"""The columns in milliseconds: what a change of host-speed baseline rescales."""
+OPTIONAL_COLUMNS = {"slowdown": 1.0}
+"""Columns added after format version 1 was fixed, with the value that LUTs written before them mean."""
 SETTING_FIELDS = ("backend", "dtype", "batch", "img_size", "threads", "layout")
 VERSION_FIELDS = ("backend_version", "torch_version")
 
@@ -59,6 +64,7 @@ class LutMeta:
     space: str | None = None
     calibration: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
+    speed_reference: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=_now)
 
@@ -94,6 +100,24 @@ class LutMeta:
             raise LutError(f"{where}: LUT metadata does not match format version {FORMAT_VERSION} ({exc})") from None
 
 
+def _baseline_ratio(mine: dict[str, Any] | None, theirs: dict[str, Any] | None) -> float:
+    """How much slower this table's baseline host speed was than the other's (1.0 unless both have one)."""
+    a, b = (mine or {}).get("baseline_ms", {}), (theirs or {}).get("baseline_ms", {})
+    common = [k for k in a if k in b]
+    return float(np.exp(np.mean([np.log(a[k] / b[k]) for k in common]))) if common else 1.0
+
+
+def _slowdown_summary(record: dict[str, Any] | None) -> str | None:
+    """The host's speed over the LUT's reference readings (`speed.py`), or None without a reference."""
+    if not record or not record.get("trace"):
+        return None
+    trace = record["trace"]
+    values = np.array([v for _, v in trace])
+    return (f"{len(values)} readings of the {record['network']} reference, {trace[0][0]} to {trace[-1][0]}: "
+            f"slowdown median {np.median(values):.3f}, range {values.min():.3f}-{values.max():.3f} "
+            "(every timing divided by the latest reading)")
+
+
 class LatencyTable:
     """Op latencies of one device, backend and setting; incremental, mergeable, saved as parquet."""
 
@@ -127,15 +151,22 @@ class LatencyTable:
         now = _now()
         new = pd.DataFrame([
             {**op.columns(), "latency_ms": t.latency_ms, "median_ms": t.median_ms, "min_ms": t.min_ms,
-             "iqr_ms": t.iqr_ms, "count": t.count, "measured_at": now}
+             "iqr_ms": t.iqr_ms, "count": t.count, "measured_at": now, "slowdown": t.slowdown}
             for op, t in entries
         ])
         self.rows = new if self.rows.empty else pd.concat([self.rows, new], ignore_index=True)
 
     def merge(self, other: LatencyTable, what: str = "merge") -> int:
-        """Add the other table's ops that this one lacks (same device, settings, versions); returns how many."""
+        """Add the other table's ops that this one lacks (same device, settings, versions); returns how many.
+
+        When both tables have a speed reference, the other's latencies are rescaled from its baseline to this
+        one's (`speed.py`), so the merged table is at one host speed.
+        """
         self.meta.check_compatible(other.meta, what)
-        new = other.rows[~other.rows["key"].isin(set(self.rows["key"]))]
+        new = other.rows[~other.rows["key"].isin(set(self.rows["key"]))].copy()
+        scale = _baseline_ratio(self.meta.speed_reference, other.meta.speed_reference)
+        new[list(SCALED_COLUMNS)] = new[list(SCALED_COLUMNS)].astype(float) * scale
+        new["slowdown"] = new["slowdown"].astype(float) / scale
         if not new.empty:
             self.rows = pd.concat([self.rows, new], ignore_index=True) if not self.rows.empty else new.copy()
         return len(new)
@@ -165,6 +196,9 @@ class LatencyTable:
                             if m.calibration.get("recalibrated_at") else ""))
         else:
             lines.append("calibration none (predictions are raw op sums)")
+        speed = _slowdown_summary(m.speed_reference)
+        if speed:
+            lines.append(f"host speed {speed}")
         v = m.validation
         if v:
             lines.append(f"validation {v['n']} held-out networks ({v['validated_at']}): MAPE {v['mape']:.2f} %, "
@@ -212,6 +246,9 @@ class LatencyTable:
             raise LutError(f"{path}: LUT metadata is not valid JSON ({exc.msg})") from None
         meta = LutMeta.from_dict(data, str(path))
         rows = table.to_pandas()
+        for column, value in OPTIONAL_COLUMNS.items():
+            if column not in rows.columns:
+                rows[column] = value
         absent = [c for c in OP_COLUMNS + TIMING_COLUMNS if c not in rows.columns]
         if absent:
             raise LutError(f"{path}: LUT lacks column(s) {', '.join(absent)}")

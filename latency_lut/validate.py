@@ -32,6 +32,7 @@ from .measure import Protocol
 from .ops import op_counts
 from .predict import Predictor
 from .spaces import SpaceSource
+from .speed import speed_normalised
 from .table import LatencyTable, LutError, LutMeta
 
 
@@ -58,10 +59,13 @@ class ValidationReport:
     """The figures of the build-time calibration, when the LUT was recalibrated before measuring."""
     drift: float | None = None
     """Calibration networks now / at the last calibration (median ratio), when recalibrated."""
+    slowdowns: list[float] | None = None
+    """Per measured network, the host's slowdown its time was divided by (`speed.py`; all 1.0 without one)."""
+    remeasured_slowdowns: list[float] | None = None
 
     def summary(self) -> dict:
         """The figures without the per-spec lists."""
-        lists = ("arch_ids", "predicted_ms", "measured_ms", "remeasured_ms")
+        lists = ("arch_ids", "predicted_ms", "measured_ms", "remeasured_ms", "slowdowns", "remeasured_slowdowns")
         return {k: v for k, v in asdict(self).items() if k not in lists}
 
 
@@ -111,7 +115,10 @@ def scatter_plot(predicted: np.ndarray, measured: np.ndarray, stats: dict[str, f
 
 
 def backend_here(table: LatencyTable, lut: Path, backend: Backend | None = None) -> tuple[Backend, LutMeta]:
-    """The backend that re-measures for `table` on this machine, refused unless this is the LUT's device."""
+    """The backend that re-measures for `table` on this machine, refused unless this is the LUT's device.
+
+    Its timings are divided by the host's slowdown against the LUT's speed reference, as the build's were.
+    """
     meta = table.meta
     if meta.device.get("kind") not in ("cpu", "cuda"):
         raise LutError(f"{lut}: measured on {meta.describe_device()}, which this machine cannot run; measure "
@@ -119,7 +126,7 @@ def backend_here(table: LatencyTable, lut: Path, backend: Backend | None = None)
     backend = backend or backend_for(meta)
     here = new_meta(backend, meta.img_size, meta.batch)
     meta.check_compatible(here, str(lut), versions=False)
-    return backend, here
+    return speed_normalised(backend, meta), here
 
 
 def recalibrate_lut(lut: Path, backend: Backend | None = None, progress: bool = False) -> float:
@@ -158,9 +165,9 @@ def validate(lut: Path, specs: list[ArchSpec], plot: Path | None = None, backend
     else:
         timings = measure_networks(backend, specs, meta.img_size, meta.batch, progress)
     measured = np.array([t.latency_ms for t in timings])
-    remeasured = (np.array([t.latency_ms for t in measure_networks(backend, specs, meta.img_size, meta.batch,
-                                                                    progress, desc="re-measure")])
-                  if remeasure else None)
+    again = measure_networks(backend, specs, meta.img_size, meta.batch, progress, desc="re-measure") if remeasure \
+        else None
+    remeasured = None if again is None else np.array([t.latency_ms for t in again])
     predicted = Predictor(table, str(lut)).predict_many(specs)
     stats = figures(predicted, measured)
     if plot is not None:
@@ -170,6 +177,8 @@ def validate(lut: Path, specs: list[ArchSpec], plot: Path | None = None, backend
                               plot=str(plot) if plot else None, arch_ids=[s.arch_id for s in specs],
                               predicted_ms=predicted.tolist(), measured_ms=measured.tolist(),
                               remeasured_ms=None if remeasured is None else remeasured.tolist(),
+                              slowdowns=[t.slowdown for t in timings],
+                              remeasured_slowdowns=None if again is None else [t.slowdown for t in again],
                               repeatability=None if remeasured is None else figures(remeasured, measured),
                               as_built=None if stale is None else figures(stale, measured), drift=drift, **stats)
     meta.validation = {**report.summary(), "validated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

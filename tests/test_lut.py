@@ -52,12 +52,15 @@ IMG = 64
 
 
 class FakeBackend(Backend):
-    """Deterministic 'latency' (params × input pixels) that counts every module it is asked to time."""
+    """Deterministic 'latency' (params × input pixels) that counts every module it is asked to time.
+
+    No speed reference by default, so the calls are exactly the ops and networks a build asked for.
+    """
 
     name = "fake"
 
     def __init__(self, slowdown: float = 1.0, **kwargs) -> None:
-        super().__init__(**{"protocol": Protocol(passes=1), **kwargs})
+        super().__init__(**{"protocol": Protocol(passes=1, reference_s=0.0), **kwargs})
         self.slowdown = slowdown
         self.calls: list[tuple[int, ...]] = []
 
@@ -359,6 +362,66 @@ def test_validate_cli_reports_figures_plot_and_repeatability(real_lut, capsys):
     assert meta.validation["n"] == 4 and meta.validation["repeatability"] == report["repeatability"]
     assert main(["lut", "show", str(real_lut)]) == 0
     assert "repeatability" in capsys.readouterr().out
+
+
+class SteppingBackend(FakeBackend):
+    """A host whose speed steps: `slowdown` becomes `after` once `at` modules have been timed."""
+
+    def __init__(self, at: int, after: float) -> None:
+        super().__init__(protocol=Protocol(passes=1, reference_s=1e-9))  # reference read before every item
+        self.at, self.after = at, after
+
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...]) -> Timing:
+        if len(self.calls) >= self.at:
+            self.slowdown = self.after
+        return super().time_module(module, in_shape)
+
+
+def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, tiny_specs):
+    """The host slows by 40 % mid-build, and is 2x slower for a later incremental build and for validation: every
+    op, calibration point and validated network still comes out at the baseline's speed, as a steady host gives."""
+    calibration, held_out = tiny_specs[:4], tiny_specs[8:]
+    steady, stepped = tmp_path / "steady.parquet", tmp_path / "stepped.parquet"
+    build_lut(steady, FakeBackend(), specs=tiny_specs, calibration=calibration, img_size=IMG)
+    build_lut(stepped, SteppingBackend(at=60, after=1.4), specs=tiny_specs[:8], calibration=calibration, img_size=IMG)
+    build_lut(stepped, SteppingBackend(at=0, after=2.0), specs=tiny_specs, calibration=calibration, img_size=IMG)
+    truth, table = LatencyTable.load(steady), LatencyTable.load(stepped)
+    merged = table.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
+    assert len(merged) == len(truth) and set(merged["slowdown"].round(6)) == {1.0, 1.4, 2.0}
+    np.testing.assert_allclose(merged["latency_ms"], merged["latency_ms_steady"], rtol=1e-9)
+    points = table.meta.calibration["points"]
+    np.testing.assert_allclose([p["measured_ms"] for p in points],
+                               [p["measured_ms"] for p in truth.meta.calibration["points"]], rtol=1e-9)
+    assert {round(p["slowdown"], 6) for p in points} == {1.4}
+    report = validate(stepped, held_out, backend=SteppingBackend(at=0, after=2.0))
+    assert report.slowdowns == pytest.approx([2.0] * len(held_out))
+    assert report.mape == pytest.approx(validate(steady, held_out, backend=FakeBackend()).mape)
+    trace = LatencyTable.load(stepped).meta.speed_reference["trace"]
+    assert {round(v, 6) for _, v in trace} == {1.0, 1.4, 2.0}
+    fast, slow = tmp_path / "fast.parquet", tmp_path / "slow.parquet"  # each its own baseline, 1.7x apart
+    build_lut(fast, SteppingBackend(at=0, after=1.0), specs=tiny_specs[:6], img_size=IMG, calibration_n=0)
+    build_lut(slow, SteppingBackend(at=0, after=1.7), specs=tiny_specs, img_size=IMG, calibration_n=0)
+    assert LatencyTable.load(slow).rows["latency_ms"].sum() > 1.6 * truth.rows["latency_ms"].sum()
+    joined = LatencyTable.load(fast)
+    assert joined.merge(LatencyTable.load(slow)) > 0
+    both = joined.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
+    assert len(both) == len(truth)
+    np.testing.assert_allclose(both["latency_ms"], both["latency_ms_steady"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "onnxruntime"])
+def test_speed_reference_is_read_through_a_real_build_and_shown(tmp_path, tiny_specs, backend_name, capsys):
+    path = tmp_path / "l.parquet"
+    protocol = dataclasses.replace(Protocol.quick(), reference_s=0.05, passes=1)
+    build_lut(path, get_backend(backend_name, threads=1, protocol=protocol), specs=tiny_specs[:2], img_size=IMG,
+              calibration_n=0)
+    table = LatencyTable.load(path)
+    record = table.meta.speed_reference
+    assert record["network"] == "sa12" and len(record["baseline_ms"]) == len(unique_ops([PRESETS["sa12"]], IMG))
+    assert len(record["trace"]) >= 2 and record["trace"][0][1] == 1.0
+    assert all(0.2 < v < 5 for _, v in record["trace"]) and (table.rows["slowdown"] > 0).all()
+    assert main(["lut", "show", str(path)]) == 0
+    assert "readings of the sa12 reference" in capsys.readouterr().out
 
 
 def test_recalibration_absorbs_device_drift(tmp_path, tiny_specs):

@@ -7,6 +7,7 @@ A backend owns how a module runs (torch eager, an ONNX Runtime session, ...) and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import replace
 from typing import ClassVar
 
@@ -56,3 +57,8 @@ class Backend(ABC):
     @abstractmethod
     def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
         """Median latency of `module` (an fp32 eval-mode CPU module) on a random input of `in_shape`."""
+
+    def prepare(self, module: nn.Module, in_shape: tuple[int, ...]) -> Callable[[], Timing]:
+        """A timer of `module` to call again and again: for a workload re-timed through a build (`speed.py`),
+        where a backend that compiles or exports modules should do so once."""
+        return lambda: self.time_module(module, in_shape)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -79,3 +80,7 @@ class OnnxRuntime(Backend):
     def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
         sess = session(export_onnx(module, in_shape, self.dtype), self.device, self.threads)
         return time_session(sess, self.protocol, self.dtype)
+
+    def prepare(self, module: nn.Module, in_shape: tuple[int, ...]) -> Callable[[], Timing]:
+        sess = session(export_onnx(module, in_shape, self.dtype), self.device, self.threads)
+        return lambda: time_session(sess, self.protocol, self.dtype)

@@ -1,0 +1,92 @@
+"""Host-speed normalisation: a fixed reference workload, re-timed through a build, puts every timing on one scale.
+
+A shared virtual machine's speed moves in steps: on the reference host the same eleven ops ran 12-15 % faster
+for a minute, then slower for three, then faster again, within one six-minute build (`benchmarks/lut_fidelity.py`
+records the trace). An op timed in a fast spell and its neighbour in a slow one make a table that describes no
+single state of the machine, and the calibration cannot undo it because the error differs per op. So every
+`reference_s` seconds the ops of a fixed reference network (`REFERENCE`, which has every op type) are timed, the
+host's slowdown is their geometric-mean ratio to the LUT's first reading (the baseline, stored in the LUT), and
+each op or network timing is divided by the latest slowdown. Measured on that host: a torch op re-timed 21 times
+over six minutes varied by 7.7 % (median coefficient of variation) as measured and by 3.8 % normalised.
+Latencies of a LUT with a reference are therefore at the host's speed when its baseline was read; incremental
+builds and validations on other days are divided by their own slowdown against the same baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+from torch import nn
+
+from ..fastvit.presets import PRESETS
+from .backends.base import Backend
+from .measure import Timing
+from .modules import op_module
+from .ops import unique_ops
+from .table import LutMeta
+
+REFERENCE = "sa12"
+"""The preset whose ops are the speed reference: RepMixer and attention blocks, and every other op type."""
+TRACE_LIMIT = 6000
+"""Readings kept in the LUT metadata (the newest), about eight hours of measuring at the default interval."""
+
+
+class SpeedNormalised(Backend):
+    """Wraps a backend: same device, settings and protocol, but each timing divided by the host's slowdown.
+
+    A reading costs about 0.7 s (eleven ops by the protocol, each prepared once), so at the default interval
+    of 5 s it adds some 13 % to a build. A longer interval is cheaper but blind to shorter spells: on the
+    reference host, re-timed ONNX Runtime ops varied by 10.8 % as measured, by 5.4 % normalised every 5 s and by
+    9.0 % every 15 s. The baseline, the trace of readings and the seconds they took live in
+    `meta.speed_reference`, which the caller saves with the LUT.
+    """
+
+    def __init__(self, inner: Backend, meta: LutMeta) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.device, self.dtype, self.threads, self.protocol = inner.device, inner.dtype, inner.threads, inner.protocol
+        self.timers = {op.key: inner.prepare(op_module(op), op.in_shape)
+                       for op in unique_ops([PRESETS[REFERENCE]], meta.img_size, meta.batch).values()}
+        self.record = meta.speed_reference = meta.speed_reference or {"network": REFERENCE, "baseline_ms": {},
+                                                                      "trace": []}
+        self.slowdown = 1.0
+        self._read_at = -float("inf")
+
+    def version(self) -> str:
+        return self.inner.version()
+
+    def fingerprint(self) -> dict[str, str | int]:
+        return self.inner.fingerprint()
+
+    def read(self) -> float:
+        """Time the reference ops now and return the host's slowdown against the baseline (set on first read)."""
+        start = time.monotonic()
+        now = {key: timer().latency_ms for key, timer in self.timers.items()}
+        baseline = self.record["baseline_ms"]
+        for key, ms in now.items():
+            baseline.setdefault(key, ms)
+        self.slowdown = float(np.exp(np.mean([np.log(ms / baseline[key]) for key, ms in now.items()])))
+        self._read_at = time.monotonic()
+        self.record["reading_s"] = round(self.record.get("reading_s", 0.0) + self._read_at - start, 3)
+        trace = self.record["trace"]
+        trace.append([time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), round(self.slowdown, 5)])
+        del trace[:-TRACE_LIMIT]
+        return self.slowdown
+
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
+        if time.monotonic() - self._read_at >= self.protocol.reference_s:
+            self.read()
+        t = self.inner.time_module(module, in_shape)
+        s = self.slowdown
+        return replace(t, latency_ms=t.latency_ms / s, median_ms=t.median_ms / s, min_ms=t.min_ms / s,
+                       iqr_ms=t.iqr_ms / s, slowdown=s * t.slowdown)
+
+
+def speed_normalised(backend: Backend, meta: LutMeta) -> Backend:
+    """`backend` with timings normalised by the LUT's speed reference, or unchanged when the protocol has none."""
+    if backend.protocol.reference_s <= 0 or isinstance(backend, SpeedNormalised):
+        return backend
+    return SpeedNormalised(backend, meta)
+
