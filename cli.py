@@ -248,7 +248,7 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                        help="latency statistic (min suits a machine shared with other jobs)")
     build.add_argument("--reference-s", type=float,
                        help="seconds between readings of the host-speed reference that every timing is divided "
-                            "by (default 5; 0: none, e.g. on a dedicated device)")
+                            "by (default 5; 0: none, e.g. on a device with fixed clocks)")
     build.add_argument("--quick", action="store_true", help="few repetitions: smoke tests only")
     build.add_argument("--out", required=True, help="LUT parquet file (created or extended)")
     build.set_defaults(func=_lut_build)

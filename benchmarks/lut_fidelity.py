@@ -93,11 +93,12 @@ def unnormalised(lut: Path, report: ValidationReport, specs: list) -> dict:
 def slowdown_trace(lut: Path) -> dict:
     """The host's slowdown readings during build and validation: how much there was to normalise."""
     record = LatencyTable.load(lut).meta.speed_reference or {}
-    values = np.array([v for _, v in record.get("trace", [])])
+    values = np.array([entry[1] for entry in record.get("trace", [])])
     if not len(values):
         return {}
     return {"readings": len(values), "min": float(values.min()), "median": float(np.median(values)),
-            "max": float(values.max()), "reading_s": record.get("reading_s"), "trace": record["trace"]}
+            "max": float(values.max()), "levels": len({entry[2] for entry in record["trace"]}),
+            "reading_s": record.get("reading_s"), "trace": record["trace"]}
 
 
 def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, out_dir: Path) -> dict:
@@ -147,7 +148,8 @@ def main() -> None:
     parser.add_argument("--estimator", default="median", choices=("median", "min"))
     parser.add_argument("--passes", type=int, default=2, help="sweeps over all ops/networks; fastest kept")
     parser.add_argument("--reference-s", type=float, default=Protocol.reference_s,
-                        help="seconds between host-speed reference readings (0: no reference)")
+                        help="seconds between host-speed reference readings; the figures without the reference are "
+                             "reported beside (0: no reference)")
     parser.add_argument("--full-space", action="store_true", help="build the whole default space's LUT")
     parser.add_argument("--recalibrate", action="store_true",
                         help="re-time the calibration networks interleaved with the held-out ones")
@@ -179,7 +181,8 @@ def main() -> None:
             s = r["slowdown"]
             print(f"{'':>27}without the speed reference: {_figures(r['unnormalised'])}; ceiling "
                   f"{_figures(r['unnormalised']['repeatability'])}\n{'':>27}host slowdown {s['min']:.3f}-"
-                  f"{s['max']:.3f} (median {s['median']:.3f}) over {s['readings']} readings, {s['reading_s']:.0f} s",
+                  f"{s['max']:.3f} (median {s['median']:.3f}) over {s['readings']} readings, {s['reading_s']:.0f} s; "
+                  f"{s['levels']} confirmed level(s) applied",
                   flush=True)
         if r["as_built"]:
             print(f"{'':>27}as built, before recalibration (drift {r['drift']:.3f}x): {_figures(r['as_built'])}",

@@ -6,10 +6,17 @@ records the trace). An op timed in a fast spell and its neighbour in a slow one 
 single state of the machine, and the calibration cannot undo it because the error differs per op. So every
 `reference_s` seconds the ops of a fixed reference network (`REFERENCE`, which has every op type) are timed, the
 host's slowdown is their geometric-mean ratio to the LUT's first reading (the baseline, stored in the LUT), and
-each op or network timing is divided by the latest slowdown. Measured on that host: a torch op re-timed 21 times
+each op or network timing is divided by the slowdown in force. Measured on that host: a torch op re-timed 21 times
 over six minutes varied by 7.7 % (median coefficient of variation) as measured and by 3.8 % normalised.
 Latencies of a LUT with a reference are therefore at the host's speed when its baseline was read; incremental
 builds and validations on other days are divided by their own slowdown against the same baseline.
+
+A reading has noise of its own: on a calm host (readings 0.98-1.10) tables normalised by every reading scored up to
+10 points lower within ±10 % than the same timings un-normalised, while during spells they scored up to 30 points
+higher (`benchmarks/lut_fidelity.py` reports both). So a reading only moves the applied slowdown when it is more
+than `STEP` away and a second reading confirms it (`read`). With confirmation, five of six tables on a stepping
+host scored as well or up to 32 points better within ±10 % than without, one 8 points worse
+(`benchmarks/results/lut_fidelity.json`, `lut_fidelity_subset.json`); `Protocol.reference_s` 0 turns it off.
 """
 
 from __future__ import annotations
@@ -29,15 +36,18 @@ from .table import LutMeta
 
 REFERENCE = "sa12"
 """The preset whose ops are the speed reference: RepMixer and attention blocks, and every other op type."""
+STEP = 0.05
+"""How far a reading must be from the applied slowdown, confirmed by a second one, to replace it. On a calm host
+single readings scattered by 3-5 % (and up to 10 %) around a steady level; the host's steps were 10-25 %."""
 TRACE_LIMIT = 6000
-"""Readings kept in the LUT metadata (the newest), about eight hours of measuring at the default interval."""
+"""Readings kept in the LUT metadata (the newest), about eight hours of measuring at 5 s intervals."""
 
 
 class SpeedNormalised(Backend):
     """Wraps a backend: same device, settings and protocol, but each timing divided by the host's slowdown.
 
-    A reading costs about 0.7 s (eleven ops by the protocol, each prepared once), so at the default interval
-    of 5 s it adds some 13 % to a build. A longer interval is cheaper but blind to shorter spells: on the
+    A reading costs about 0.7 s (eleven ops by the protocol, each prepared once), so at an interval of 5 s it
+    adds some 12 % to a build and its validation. A longer interval is cheaper but blind to shorter spells: on the
     reference host, re-timed ONNX Runtime ops varied by 10.8 % as measured, by 5.4 % normalised every 5 s and by
     9.0 % every 15 s. The baseline, the trace of readings and the seconds they took live in
     `meta.speed_reference`, which the caller saves with the LUT.
@@ -61,19 +71,33 @@ class SpeedNormalised(Backend):
         return self.inner.fingerprint()
 
     def read(self) -> float:
-        """Time the reference ops now and return the host's slowdown against the baseline (set on first read)."""
+        """Read the reference now and return the slowdown to apply from here on.
+
+        The first reading of a LUT sets its baseline (slowdown 1). Later, a reading moves the applied slowdown only
+        when it differs from it by more than `STEP` and a second reading taken at once agrees: a step of the host
+        is then followed within a second, while a single stray reading leaves the timings alone.
+        """
+        reading = self._reading()
+        if abs(np.log(reading / self.slowdown)) > np.log1p(STEP):
+            second = self._reading()
+            if (second - self.slowdown) * (reading - self.slowdown) > 0 and \
+                    abs(np.log(second / self.slowdown)) > np.log1p(STEP):
+                self.slowdown = float(np.sqrt(reading * second))
+        self._read_at = time.monotonic()
+        trace = self.record["trace"]
+        trace.append([time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), round(reading, 5), round(self.slowdown, 5)])
+        del trace[:-TRACE_LIMIT]
+        return self.slowdown
+
+    def _reading(self) -> float:
+        """Time the reference ops and return their geometric-mean ratio to the baseline (set by the first call)."""
         start = time.monotonic()
         now = {key: timer().latency_ms for key, timer in self.timers.items()}
         baseline = self.record["baseline_ms"]
         for key, ms in now.items():
             baseline.setdefault(key, ms)
-        self.slowdown = float(np.exp(np.mean([np.log(ms / baseline[key]) for key, ms in now.items()])))
-        self._read_at = time.monotonic()
-        self.record["reading_s"] = round(self.record.get("reading_s", 0.0) + self._read_at - start, 3)
-        trace = self.record["trace"]
-        trace.append([time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), round(self.slowdown, 5)])
-        del trace[:-TRACE_LIMIT]
-        return self.slowdown
+        self.record["reading_s"] = round(self.record.get("reading_s", 0.0) + time.monotonic() - start, 3)
+        return float(np.exp(np.mean([np.log(ms / baseline[key]) for key, ms in now.items()])))
 
     def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
         if time.monotonic() - self._read_at >= self.protocol.reference_s:

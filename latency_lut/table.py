@@ -112,10 +112,10 @@ def _slowdown_summary(record: dict[str, Any] | None) -> str | None:
     if not record or not record.get("trace"):
         return None
     trace = record["trace"]
-    values = np.array([v for _, v in trace])
+    values = np.array([entry[1] for entry in trace])
     return (f"{len(values)} readings of the {record['network']} reference, {trace[0][0]} to {trace[-1][0]}: "
-            f"slowdown median {np.median(values):.3f}, range {values.min():.3f}-{values.max():.3f} "
-            "(every timing divided by the latest reading)")
+            f"slowdown median {np.median(values):.3f}, range {values.min():.3f}-{values.max():.3f}; timings divided "
+            f"by {len({entry[2] for entry in trace})} confirmed level(s)")
 
 
 class LatencyTable:

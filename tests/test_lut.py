@@ -47,6 +47,7 @@ from fastvit_nas.latency_lut.build import _interleave, new_meta
 from fastvit_nas.latency_lut.measure import best_of_passes
 from fastvit_nas.latency_lut.modules import op_module
 from fastvit_nas.latency_lut.ops import probe_spec, stage_ops
+from fastvit_nas.latency_lut.speed import SpeedNormalised
 
 IMG = 64
 
@@ -54,7 +55,7 @@ IMG = 64
 class FakeBackend(Backend):
     """Deterministic 'latency' (params × input pixels) that counts every module it is asked to time.
 
-    No speed reference by default, so the calls are exactly the ops and networks a build asked for.
+    No speed reference, so the calls are exactly the ops and networks a build asked for.
     """
 
     name = "fake"
@@ -402,7 +403,8 @@ def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, t
     assert report.slowdowns == pytest.approx([2.0] * len(held_out))
     assert report.mape == pytest.approx(validate(steady, held_out, backend=FakeBackend()).mape)
     trace = LatencyTable.load(stepped).meta.speed_reference["trace"]
-    assert {round(v, 6) for _, v in trace} == {1.0, 1.4, 2.0}
+    assert {round(reading, 6) for _, reading, _ in trace} == {round(applied, 6) for *_, applied in trace} \
+        == {1.0, 1.4, 2.0}
     fast, slow = tmp_path / "fast.parquet", tmp_path / "slow.parquet"  # each its own baseline, 1.7x apart
     build_lut(fast, SteppingBackend(at=0, after=1.0), specs=tiny_specs[:6], img_size=IMG, calibration_n=0)
     build_lut(slow, SteppingBackend(at=0, after=1.7), specs=tiny_specs, img_size=IMG, calibration_n=0)
@@ -412,6 +414,16 @@ def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, t
     both = joined.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
     assert len(both) == len(truth)
     np.testing.assert_allclose(both["latency_ms"], both["latency_ms_steady"], rtol=1e-9)
+
+
+def test_a_stray_reading_is_ignored_and_a_confirmed_step_applied():
+    """Readings in order: baseline, a stray 1.3 not confirmed by the next, 1.03 (within the 5 % step), then 1.4
+    confirmed by 1.44: only the last moves the divisor, to their geometric mean."""
+    speed = SpeedNormalised(FakeBackend(), new_meta(FakeBackend(), img_size=IMG, batch=1))
+    readings = iter([1.0, 1.3, 1.0, 1.03, 1.4, 1.44])
+    speed._reading = lambda: next(readings)
+    assert [speed.read() for _ in range(4)] == pytest.approx([1.0, 1.0, 1.0, math.sqrt(1.4 * 1.44)])
+    assert [applied for *_, applied in speed.record["trace"]] == pytest.approx([1.0, 1.0, 1.0, 1.41986], abs=1e-5)
 
 
 @pytest.mark.parametrize("backend_name", ["torch", "onnxruntime"])
@@ -424,7 +436,8 @@ def test_speed_reference_is_read_through_a_real_build_and_shown(tmp_path, tiny_s
     record = table.meta.speed_reference
     assert record["network"] == "sa12" and len(record["baseline_ms"]) == len(unique_ops([PRESETS["sa12"]], IMG))
     assert len(record["trace"]) == len(table) and record["trace"][0][1] == 1.0
-    assert all(0.2 < v < 5 for _, v in record["trace"]) and (table.rows["slowdown"] > 0).all()
+    assert all(0.2 < reading < 5 for _, reading, _ in record["trace"])
+    assert set(table.rows["slowdown"].round(5)) <= {applied for *_, applied in record["trace"]}
     assert main(["lut", "show", str(path)]) == 0
     assert "readings of the sa12 reference" in capsys.readouterr().out
 
