@@ -43,6 +43,7 @@ from fastvit_nas.latency_lut import (
 )
 from fastvit_nas.latency_lut.build import CALIBRATION_SEED, new_meta, refit
 from fastvit_nas.latency_lut.ops import stage_ops
+from fastvit_nas.latency_lut.table import speed_summary
 from fastvit_nas.latency_lut.validate import ValidationReport, figures
 from fastvit_nas.workers import worker_pool
 
@@ -92,13 +93,9 @@ def unnormalised(lut: Path, report: ValidationReport, specs: list) -> dict:
 
 def slowdown_trace(lut: Path) -> dict:
     """The host's slowdown readings during build and validation: how much there was to normalise."""
-    record = LatencyTable.load(lut).meta.speed_reference or {}
-    values = np.array([entry[1] for entry in record.get("trace", [])])
-    if not len(values):
-        return {}
-    return {"readings": len(values), "min": float(values.min()), "median": float(np.median(values)),
-            "max": float(values.max()), "levels": len({entry[2] for entry in record["trace"]}),
-            "reading_s": record.get("reading_s"), "trace": record["trace"]}
+    record = LatencyTable.load(lut).meta.speed_reference
+    summary = speed_summary(record)
+    return {**summary, "trace": record["trace"]} if summary else {}
 
 
 def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, out_dir: Path) -> dict:

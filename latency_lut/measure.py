@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TypeVar
 
 import numpy as np
@@ -63,6 +63,16 @@ class Protocol:
                    estimator="min", reference_s=0.0)
 
 
+MS_FIELDS = ("latency_ms", "median_ms", "min_ms", "iqr_ms")
+"""The fields of a `Timing` (and columns of a LUT) in milliseconds: what a change of host speed rescales."""
+
+
+def geomean_ratio(now: dict[str, float], then: dict[str, float]) -> float:
+    """The geometric mean of `now[k] / then[k]` over the keys both have (1.0 when none): how much slower `now` is."""
+    common = [k for k in now if k in then]
+    return float(np.exp(np.mean([np.log(now[k] / then[k]) for k in common]))) if common else 1.0
+
+
 @dataclass(frozen=True)
 class Timing:
     """The latency by the protocol's estimator, plus median, minimum, spread (IQR) and timed calls.
@@ -77,6 +87,10 @@ class Timing:
     iqr_ms: float
     count: int
     slowdown: float = 1.0
+
+    def divided_by(self, slowdown: float) -> Timing:
+        """The times at the reference speed, for a host running `slowdown` times slower than it."""
+        return replace(self, **{f: getattr(self, f) / slowdown for f in MS_FIELDS}, slowdown=self.slowdown * slowdown)
 
 
 def measure(run_once: Callable[[], float], protocol: Protocol) -> Timing:

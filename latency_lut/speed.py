@@ -22,14 +22,13 @@ host scored as well or up to 32 points better within ±10 % than without, one 8 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 from torch import nn
 
 from ..fastvit.presets import PRESETS
 from .backends.base import Backend
-from .measure import Timing
+from .measure import Timing, geomean_ratio
 from .modules import op_module
 from .ops import unique_ops
 from .table import LutMeta
@@ -77,11 +76,13 @@ class SpeedNormalised(Backend):
         when it differs from it by more than `STEP` and a second reading taken at once agrees: a step of the host
         is then followed within a second, while a single stray reading leaves the timings alone.
         """
+        def off(r: float) -> float:
+            return float(np.log(r / self.slowdown))
+
         reading = self._reading()
-        if abs(np.log(reading / self.slowdown)) > np.log1p(STEP):
+        if abs(off(reading)) > np.log1p(STEP):
             second = self._reading()
-            if (second - self.slowdown) * (reading - self.slowdown) > 0 and \
-                    abs(np.log(second / self.slowdown)) > np.log1p(STEP):
+            if off(second) * off(reading) > 0 and abs(off(second)) > np.log1p(STEP):
                 self.slowdown = float(np.sqrt(reading * second))
         self._read_at = time.monotonic()
         trace = self.record["trace"]
@@ -97,15 +98,12 @@ class SpeedNormalised(Backend):
         for key, ms in now.items():
             baseline.setdefault(key, ms)
         self.record["reading_s"] = round(self.record.get("reading_s", 0.0) + time.monotonic() - start, 3)
-        return float(np.exp(np.mean([np.log(ms / baseline[key]) for key, ms in now.items()])))
+        return geomean_ratio(now, baseline)
 
     def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
         if time.monotonic() - self._read_at >= self.protocol.reference_s:
             self.read()
-        t = self.inner.time_module(module, in_shape)
-        s = self.slowdown
-        return replace(t, latency_ms=t.latency_ms / s, median_ms=t.median_ms / s, min_ms=t.min_ms / s,
-                       iqr_ms=t.iqr_ms / s, slowdown=s * t.slowdown)
+        return self.inner.time_module(module, in_shape).divided_by(self.slowdown)
 
 
 def speed_normalised(backend: Backend, meta: LutMeta) -> Backend:

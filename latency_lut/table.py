@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import FastVitNasError
-from .measure import Timing
+from .measure import MS_FIELDS, Timing, geomean_ratio
 from .ops import Op
 
 FORMAT_VERSION = 1
@@ -31,8 +31,6 @@ META_KEY = b"fastvit_nas.lut"
 OP_COLUMNS = ("key", "op_type", "batch", "in_ch", "in_h", "in_w", "out_ch", "kernel", "stride", "ffn_kernel",
               "hidden", "heads", "num_classes")
 TIMING_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms", "count", "measured_at", "slowdown")
-SCALED_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms")
-"""The columns in milliseconds: what a change of host-speed baseline rescales."""
 OPTIONAL_COLUMNS = {"slowdown": 1.0}
 """Columns added after format version 1 was fixed, with the value that LUTs written before them mean."""
 SETTING_FIELDS = ("backend", "dtype", "batch", "img_size", "threads", "layout")
@@ -100,22 +98,16 @@ class LutMeta:
             raise LutError(f"{where}: LUT metadata does not match format version {FORMAT_VERSION} ({exc})") from None
 
 
-def _baseline_ratio(mine: dict[str, Any] | None, theirs: dict[str, Any] | None) -> float:
-    """How much slower this table's baseline host speed was than the other's (1.0 unless both have one)."""
-    a, b = (mine or {}).get("baseline_ms", {}), (theirs or {}).get("baseline_ms", {})
-    common = [k for k in a if k in b]
-    return float(np.exp(np.mean([np.log(a[k] / b[k]) for k in common]))) if common else 1.0
-
-
-def _slowdown_summary(record: dict[str, Any] | None) -> str | None:
-    """The host's speed over the LUT's reference readings (`speed.py`), or None without a reference."""
-    if not record or not record.get("trace"):
+def speed_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The host's slowdown over a LUT's reference readings (`speed.py`), or None without any: how many, when, their
+    median and range, how many confirmed levels the timings were divided by, and the seconds the readings took."""
+    trace = (record or {}).get("trace")
+    if not trace:
         return None
-    trace = record["trace"]
     values = np.array([entry[1] for entry in trace])
-    return (f"{len(values)} readings of the {record['network']} reference, {trace[0][0]} to {trace[-1][0]}: "
-            f"slowdown median {np.median(values):.3f}, range {values.min():.3f}-{values.max():.3f}; timings divided "
-            f"by {len({entry[2] for entry in trace})} confirmed level(s)")
+    return {"network": record["network"], "readings": len(values), "first": trace[0][0], "last": trace[-1][0],
+            "min": float(values.min()), "median": float(np.median(values)), "max": float(values.max()),
+            "levels": len({entry[2] for entry in trace}), "reading_s": record.get("reading_s")}
 
 
 class LatencyTable:
@@ -164,8 +156,9 @@ class LatencyTable:
         """
         self.meta.check_compatible(other.meta, what)
         new = other.rows[~other.rows["key"].isin(set(self.rows["key"]))].copy()
-        scale = _baseline_ratio(self.meta.speed_reference, other.meta.speed_reference)
-        new[list(SCALED_COLUMNS)] = new[list(SCALED_COLUMNS)].astype(float) * scale
+        scale = geomean_ratio((self.meta.speed_reference or {}).get("baseline_ms", {}),
+                              (other.meta.speed_reference or {}).get("baseline_ms", {}))
+        new[list(MS_FIELDS)] = new[list(MS_FIELDS)].astype(float) * scale
         new["slowdown"] = new["slowdown"].astype(float) / scale
         if not new.empty:
             self.rows = pd.concat([self.rows, new], ignore_index=True) if not self.rows.empty else new.copy()
@@ -196,9 +189,12 @@ class LatencyTable:
                             if m.calibration.get("recalibrated_at") else ""))
         else:
             lines.append("calibration none (predictions are raw op sums)")
-        speed = _slowdown_summary(m.speed_reference)
+        speed = speed_summary(m.speed_reference)
         if speed:
-            lines.append(f"host speed {speed}")
+            lines.append(f"host speed {speed['readings']} readings of the {speed['network']} reference, "
+                         f"{speed['first']} to {speed['last']}: slowdown median {speed['median']:.3f}, range "
+                         f"{speed['min']:.3f}-{speed['max']:.3f}; timings divided by {speed['levels']} confirmed "
+                         "level(s)")
         v = m.validation
         if v:
             lines.append(f"validation {v['n']} held-out networks ({v['validated_at']}): MAPE {v['mape']:.2f} %, "
