@@ -154,8 +154,8 @@ def _lut_space(args: argparse.Namespace):
 def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
-    protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator),
-                                   **({} if args.reference_s is None else {"reference_s": args.reference_s}))
+    overrides = {k: v for k in ("reference_s", "calm_wait_s") if (v := getattr(args, k)) is not None}
+    protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator), **overrides)
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=protocol)
     report = build_lut(Path(args.out), backend, specs=_lut_specs(args), space=_lut_space(args),
@@ -249,6 +249,9 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--reference-s", type=float,
                        help="seconds between readings of the host-speed reference that every timing is divided "
                             "by (default 5; 0: none, e.g. on a device with fixed clocks)")
+    build.add_argument("--calm-wait-s", type=float,
+                       help="seconds to wait for a slow spell of the host (found by the reference) to end before "
+                            "timing through it, divided by the slowdown (default 60; 0: never wait)")
     build.add_argument("--quick", action="store_true", help="few repetitions: smoke tests only")
     build.add_argument("--out", required=True, help="LUT parquet file (created or extended)")
     build.set_defaults(func=_lut_build)

@@ -79,7 +79,8 @@ def unnormalised(lut: Path, report: ValidationReport, specs: list) -> dict:
 
     Every op, calibration point and held-out timing is multiplied back by the slowdown it was divided by, the
     calibration is refitted on those points, and the figures are recomputed: what the LUT would have scored
-    without the reference (each item's fastest sweep was chosen on normalised times, a small difference).
+    without dividing by the slowdown. The waits for slow spells to end (`Protocol.calm_wait_s`) still happened, so
+    this isolates the division; compare a run with `--calm-wait-s 0` for the waits.
     """
     table = LatencyTable.load(lut)
     table.rows["latency_ms"] = table.rows["latency_ms"] * table.rows["slowdown"]
@@ -104,7 +105,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
     calibration = space.sample(args.calib, CALIBRATION_SEED)
     backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=Protocol(estimator=args.estimator, passes=args.passes,
-                                            reference_s=args.reference_s))
+                                            reference_s=args.reference_s, calm_wait_s=args.calm_wait_s))
     name = f"{backend_name}_{args.device}_{args.dtype}_b{batch}_{img}"
     lut = out_dir / f"{name}.parquet"
     lut.unlink(missing_ok=True)
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--reference-s", type=float, default=Protocol.reference_s,
                         help="seconds between host-speed reference readings; the figures without the reference are "
                              "reported beside (0: no reference)")
+    parser.add_argument("--calm-wait-s", type=float, default=Protocol.calm_wait_s,
+                        help="seconds to wait for a slow spell of the host to end before timing through it (0: never)")
     parser.add_argument("--full-space", action="store_true", help="build the whole default space's LUT")
     parser.add_argument("--recalibrate", action="store_true",
                         help="re-time the calibration networks interleaved with the held-out ones")
@@ -179,7 +182,8 @@ def main() -> None:
             print(f"{'':>27}without the speed reference: {_figures(r['unnormalised'])}; ceiling "
                   f"{_figures(r['unnormalised']['repeatability'])}\n{'':>27}host slowdown {s['min']:.3f}-"
                   f"{s['max']:.3f} (median {s['median']:.3f}) over {s['readings']} readings, {s['reading_s']:.0f} s; "
-                  f"{s['levels']} confirmed level(s) applied",
+                  f"{s['levels']} confirmed level(s) applied; {s['waits']} slow spell(s) waited for, "
+                  f"{s['waited_s']:.0f} s",
                   flush=True)
         if r["as_built"]:
             print(f"{'':>27}as built, before recalibration (drift {r['drift']:.3f}x): {_figures(r['as_built'])}",

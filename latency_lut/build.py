@@ -109,7 +109,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
                 table.save(path)
                 last_save[0] = time.monotonic()
 
-        best_of_passes(missing, time_op, passes, done)
+        best_of_passes(missing, time_op, passes, done, host=backend)
     return len(needed), len(missing)
 
 
@@ -123,7 +123,7 @@ def measure_networks(backend: Backend, specs: list[ArchSpec], img_size: int, bat
             bar.update()
             return measure_network(backend, spec, img_size, batch)
 
-        return best_of_passes(specs, time_net, backend.protocol.passes)
+        return best_of_passes(specs, time_net, backend.protocol.passes, host=backend)
 
 
 def calibrate(table: LatencyTable, backend: Backend, specs: list[ArchSpec], progress: bool = False) -> int:

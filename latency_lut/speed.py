@@ -15,8 +15,13 @@ A reading has noise of its own: on a calm host (readings 0.98-1.10) tables norma
 10 points lower within ±10 % than the same timings un-normalised, while during spells they scored up to 30 points
 higher (`benchmarks/lut_fidelity.py` reports both). So a reading only moves the applied slowdown when it is more
 than `STEP` away and a second reading confirms it (`read`). With confirmation, five of six tables on a stepping
-host scored as well or up to 32 points better within ±10 % than without, one 8 points worse
-(`benchmarks/results/lut_fidelity.json`, `lut_fidelity_subset.json`); `Protocol.reference_s` 0 turns it off.
+host scored as well or up to 32 points better within ±10 % than without, one 8 points worse (runs I and J of the
+project's notes); `Protocol.reference_s` 0 turns it off.
+
+A division is still an approximation. The slow spells took the host's second core (single-thread timings stayed
+within 1-2 % through them), and each op suffers by how parallel it is. So when a confirmed reading finds the host
+slower than its calm level, the build first sleeps until the spell ends, up to `Protocol.calm_wait_s`, and times
+at calm speed; only what a spell that outlasts the wait leaves is divided.
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ REFERENCE = "sa12"
 STEP = 0.05
 """How far a reading must be from the applied slowdown, confirmed by a second one, to replace it. On a calm host
 single readings scattered by 3-5 % (and up to 10 %) around a steady level; the host's steps were 10-25 %."""
+CALM_BAND = 0.10
+"""How far above the fastest level seen (`SpeedNormalised.calm`) the host still counts as calm: single readings
+scattered by up to 5-6 % around a steady level, while the slow spells were 15-25 % slower."""
+CALM_POLL_S = 2.0
+"""Seconds slept between readings while waiting for a slow spell to end: long enough to leave the host's cores
+alone (a reading takes about 0.7 s), short against the spells of one to three minutes seen on the reference host."""
 TRACE_LIMIT = 6000
 """Readings kept in the LUT metadata (the newest), about eight hours of measuring at 5 s intervals."""
 
@@ -61,6 +72,10 @@ class SpeedNormalised(Backend):
         self.record = meta.speed_reference = meta.speed_reference or {"network": REFERENCE, "baseline_ms": {},
                                                                       "trace": []}
         self.slowdown = 1.0
+        self.calm = 1.0
+        """The fastest confirmed level so far: the host's speed when nothing else takes its cores."""
+        self.patient = self.protocol.calm_wait_s > 0
+        """Whether a slow spell is waited out; cleared when one outlasts `calm_wait_s`, set again once calm."""
         self._read_at = -float("inf")
 
     def version(self) -> str:
@@ -74,21 +89,76 @@ class SpeedNormalised(Backend):
 
         The first reading of a LUT sets its baseline (slowdown 1). Later, a reading moves the applied slowdown only
         when it differs from it by more than `STEP` and a second reading taken at once agrees: a step of the host
-        is then followed within a second, while a single stray reading leaves the timings alone.
+        is then followed within a second, while a single stray reading leaves the timings alone. A confirmed step
+        to a slow spell is first waited out (`_wait_for_calm`).
         """
+        reading = self._reading()
+        level = self._confirmed(reading)
+        if self.patient and not self._is_calm(self.slowdown if level is None else level):
+            level = self._wait_for_calm(self.slowdown if level is None else level)
+        if level is not None:
+            self._apply(level)
+        self._read_at = time.monotonic()
+        self._log(reading)
+        return self.slowdown
+
+    def _confirmed(self, reading: float) -> float | None:
+        """The new level when `reading` is over `STEP` away from the applied slowdown and a second one agrees."""
         def off(r: float) -> float:
             return float(np.log(r / self.slowdown))
 
-        reading = self._reading()
-        if abs(off(reading)) > np.log1p(STEP):
-            second = self._reading()
-            if off(second) * off(reading) > 0 and abs(off(second)) > np.log1p(STEP):
-                self.slowdown = float(np.sqrt(reading * second))
-        self._read_at = time.monotonic()
+        if abs(off(reading)) <= np.log1p(STEP):
+            return None
+        second = self._reading()
+        if off(second) * off(reading) > 0 and abs(off(second)) > np.log1p(STEP):
+            return float(np.sqrt(reading * second))
+        return None
+
+    def _wait_for_calm(self, level: float) -> float:
+        """Sleep through a slow spell, re-reading every `CALM_POLL_S`, and return the level to apply.
+
+        On the reference host the slow spells came from the second core being taken (single-thread timings stayed
+        within 1-2 % through them, two-thread ones stepped by 15-20 %), and how much an op suffers depends on how
+        parallel it is, so no single divisor fits every op. Timings taken while the host is calm need no
+        correction at all. Returns the calm level once two readings in a row are back within `CALM_BAND` of it, or,
+        after `calm_wait_s`, the slow `level`: the timings are then normalised as before, and no further wait
+        starts until the host has been calm again, so a host that stays slow costs one wait, not one per reading.
+        """
+        start = time.monotonic()
+        while time.monotonic() - start < self.protocol.calm_wait_s:
+            time.sleep(CALM_POLL_S)
+            reading = self._reading()
+            self._log(reading)
+            if self._is_calm(reading) and self._is_calm(second := self._reading()):
+                level = float(np.sqrt(reading * second))
+                break
+        else:
+            self.patient = False
+        self.record["waits"] = self.record.get("waits", 0) + 1
+        self.record["waited_s"] = round(self.record.get("waited_s", 0.0) + time.monotonic() - start, 3)
+        return level
+
+    def settled(self, timing: Timing) -> bool:
+        return self._is_calm(timing.slowdown)
+
+    def await_calm(self) -> bool:
+        self.patient = self.protocol.calm_wait_s > 0
+        self.read()
+        return self._is_calm(self.slowdown)
+
+    def _is_calm(self, level: float) -> bool:
+        return level <= self.calm * (1 + CALM_BAND)
+
+    def _apply(self, level: float) -> None:
+        self.slowdown = level
+        if self._is_calm(level):
+            self.calm = min(self.calm, level)
+            self.patient = self.protocol.calm_wait_s > 0
+
+    def _log(self, reading: float) -> None:
         trace = self.record["trace"]
         trace.append([time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), round(reading, 5), round(self.slowdown, 5)])
         del trace[:-TRACE_LIMIT]
-        return self.slowdown
 
     def _reading(self) -> float:
         """Time the reference ops and return their geometric-mean ratio to the baseline (set by the first call)."""

@@ -100,14 +100,16 @@ class LutMeta:
 
 def speed_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """The host's slowdown over a LUT's reference readings (`speed.py`), or None without any: how many, when, their
-    median and range, how many confirmed levels the timings were divided by, and the seconds the readings took."""
+    median and range, how many confirmed levels the timings were divided by, the seconds the readings took, and how
+    many slow spells were waited for and for how long."""
     trace = (record or {}).get("trace")
     if not trace:
         return None
     values = np.array([entry[1] for entry in trace])
     return {"network": record["network"], "readings": len(values), "first": trace[0][0], "last": trace[-1][0],
             "min": float(values.min()), "median": float(np.median(values)), "max": float(values.max()),
-            "levels": len({entry[2] for entry in trace}), "reading_s": record.get("reading_s")}
+            "levels": len({entry[2] for entry in trace}), "reading_s": record.get("reading_s"),
+            "waits": record.get("waits", 0), "waited_s": record.get("waited_s", 0.0)}
 
 
 class LatencyTable:
@@ -194,7 +196,7 @@ class LatencyTable:
             lines.append(f"host speed {speed['readings']} readings of the {speed['network']} reference, "
                          f"{speed['first']} to {speed['last']}: slowdown median {speed['median']:.3f}, range "
                          f"{speed['min']:.3f}-{speed['max']:.3f}; timings divided by {speed['levels']} confirmed "
-                         "level(s)")
+                         f"level(s); {speed['waits']} slow spell(s) waited for, {speed['waited_s']:.0f} s")
         v = m.validation
         if v:
             lines.append(f"validation {v['n']} held-out networks ({v['validated_at']}): MAPE {v['mape']:.2f} %, "

@@ -42,6 +42,7 @@ from fastvit_nas.latency_lut import (
     unique_ops,
     validate,
 )
+from fastvit_nas.latency_lut import speed as speed_module
 from fastvit_nas.latency_lut.backends.onnxruntime import session, time_session
 from fastvit_nas.latency_lut.build import _interleave, new_meta
 from fastvit_nas.latency_lut.measure import best_of_passes
@@ -61,7 +62,7 @@ class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self, slowdown: float = 1.0, **kwargs) -> None:
-        super().__init__(**{"protocol": Protocol(passes=1, reference_s=0.0), **kwargs})
+        super().__init__(**{"protocol": Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0), **kwargs})
         self.slowdown = slowdown
         self.calls: list[tuple[int, ...]] = []
 
@@ -374,7 +375,7 @@ class SteppingBackend(FakeBackend):
     """A host whose speed steps: `slowdown` becomes `after` once `at` modules have been timed."""
 
     def __init__(self, at: int, after: float) -> None:
-        super().__init__(protocol=Protocol(passes=1, reference_s=1e-9))  # reference read before every item
+        super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=0.0))  # read before every item
         self.at, self.after = at, after
 
     def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...]) -> Timing:
@@ -424,6 +425,130 @@ def test_a_stray_reading_is_ignored_and_a_confirmed_step_applied():
     speed._reading = lambda: next(readings)
     assert [speed.read() for _ in range(4)] == pytest.approx([1.0, 1.0, 1.0, math.sqrt(1.4 * 1.44)])
     assert [applied for *_, applied in speed.record["trace"]] == pytest.approx([1.0, 1.0, 1.0, 1.41986], abs=1e-5)
+
+
+def test_the_sweep_kept_is_the_one_measured_fastest_not_the_lowest_after_normalising():
+    """Sweep 1 timed 10 ms on a calm host; sweep 2 timed 13 ms in a spell read as 1.4x slow, 9.3 ms once divided
+    (the reading overshot): the calm sweep needed no correction and is the one kept."""
+    sweeps = iter([Timing(10.0, 10.0, 10.0, 0.0, 5), Timing(13.0, 13.0, 13.0, 0.0, 5).divided_by(1.4)])
+    [kept] = best_of_passes(["op"], lambda _: next(sweeps), passes=2)
+    assert kept.latency_ms == 10.0 and kept.slowdown == 1.0
+
+
+class ScriptedHost:
+    """Timings divided by a slowdown were taken in a slow spell; the host is calm again for `calm_waits` waits."""
+
+    def __init__(self, calm_waits: int) -> None:
+        self.calm_waits, self.waits = calm_waits, 0
+
+    def settled(self, timing: Timing) -> bool:
+        return timing.slowdown == 1.0
+
+    def await_calm(self) -> bool:
+        self.waits += 1
+        return self.waits <= self.calm_waits
+
+
+def test_items_timed_only_in_slow_spells_are_timed_again_once_the_host_is_calm():
+    """a was calm in one sweep; b and c fell in a spell in both (divided by 1.3). The host is calm again for one
+    wait only: b is re-timed calm, c keeps its divided timing, and each is reported done once, with its final one."""
+    spell, calm = Timing(13.0, 13.0, 13.0, 0.0, 5).divided_by(1.3), Timing(10.0, 10.0, 10.0, 0.0, 5)
+    script = {"a": iter([calm, spell]), "b": iter([spell, spell, calm]), "c": iter([spell, spell])}
+    done: dict[str, Timing] = {}
+    host = ScriptedHost(calm_waits=1)
+    kept = best_of_passes(list("abc"), lambda item: next(script[item]), 2, done.__setitem__, host=host)
+    assert [t.slowdown for t in kept] == [1.0, 1.0, 1.3] and host.waits == 2
+    assert done == dict(zip("abc", kept, strict=True))
+
+
+class FakeClock:
+    """Stands in for the `time` module of speed.py: sleeping moves the clock on at once."""
+
+    strftime, gmtime = staticmethod(time.strftime), staticmethod(time.gmtime)
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_slow_spell_is_waited_out_and_one_that_outlasts_the_wait_normalised(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(speed_module, "time", clock)
+    backend = FakeBackend(protocol=Protocol(passes=1, calm_wait_s=6.0))
+    speed = SpeedNormalised(backend, new_meta(backend, img_size=IMG, batch=1))
+    readings = iter([1.0,  # the baseline
+                     1.2, 1.21, 1.19, 1.02, 1.01,  # a spell, confirmed; polled: still slow, then calm twice
+                     1.2, 1.2, 1.2, 1.2, 1.2,  # a spell, confirmed; slow at all three polls of the 6 s wait
+                     1.25,  # within 5 % of the applied 1.2: no change and, having given up, no new wait
+                     1.0, 0.99,  # calm again, confirmed: applied, waiting allowed again
+                     1.3, 1.3, 1.0, 1.0])  # the next spell is waited out again
+    speed._reading = lambda: next(readings)
+    assert speed.read() == 1.0
+    assert speed.read() == pytest.approx(math.sqrt(1.02 * 1.01)) and clock.slept == [2.0, 2.0]
+    assert speed.read() == pytest.approx(1.2) and clock.now == pytest.approx(10.0) and not speed.patient
+    assert speed.read() == pytest.approx(1.2)
+    assert speed.read() == pytest.approx(math.sqrt(0.99)) and speed.patient
+    assert speed.read() == pytest.approx(1.0) and clock.now == pytest.approx(12.0)
+    assert speed.record["waits"] == 3 and speed.record["waited_s"] == pytest.approx(12.0)
+
+
+class SpellBackend(FakeBackend):
+    """A host 1.5x slower from its `at`-th timed module until `clock` reaches `until` seconds; a call takes 10 ms."""
+
+    def __init__(self, clock: FakeClock, at: int, until: float, calm_wait_s: float = 60.0) -> None:
+        super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=calm_wait_s))  # read every item
+        self.clock, self.at, self.until = clock, at, until
+
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...]) -> Timing:
+        self.clock.now += 0.01
+        self.slowdown = 1.5 if len(self.calls) >= self.at and self.clock.now < self.until else 1.0
+        return super().time_module(module, in_shape)
+
+
+def test_a_build_waits_out_a_slow_spell_and_times_every_op_at_calm_speed(tmp_path, tiny_specs, monkeypatch):
+    """The host slows in the middle of the third op's reading: the build sleeps until it is calm again, so no op
+    or calibration network needed dividing (slowdown 1 throughout) and all equal the steady host's."""
+    clock = FakeClock()
+    monkeypatch.setattr(speed_module, "time", clock)
+    steady, spelled = tmp_path / "steady.parquet", tmp_path / "spelled.parquet"
+    reading_calls = len(unique_ops([PRESETS["sa12"]], IMG))
+    build_lut(steady, FakeBackend(), specs=tiny_specs[:4], calibration=tiny_specs[:4], img_size=IMG)
+    build_lut(spelled, SpellBackend(clock, at=3 * (reading_calls + 1) + 2, until=10.0), specs=tiny_specs[:4],
+              calibration=tiny_specs[:4], img_size=IMG)
+    truth, table = LatencyTable.load(steady), LatencyTable.load(spelled)
+    merged = table.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
+    assert len(merged) == len(truth) and set(merged["slowdown"]) == {1.0}
+    np.testing.assert_allclose(merged["latency_ms"], merged["latency_ms_steady"], rtol=1e-9)
+    np.testing.assert_allclose([p["measured_ms"] for p in table.meta.calibration["points"]],
+                               [p["measured_ms"] for p in truth.meta.calibration["points"]], rtol=1e-9)
+    record = table.meta.speed_reference
+    assert record["waits"] == 1 and 8 < record["waited_s"] < 12 and set(clock.slept) == {2.0}
+    assert max(reading for _, reading, _ in record["trace"]) > 1.1
+
+
+def test_ops_timed_through_a_spell_that_outlasted_the_wait_are_timed_again_once_calm(tmp_path, tiny_specs,
+                                                                                     monkeypatch):
+    """The spell outlasts the 10 s wait, so the sweep goes on dividing by its slowdown; after the sweep the build
+    waits again and re-times those ops at calm speed: no op is left divided and all equal the steady host's."""
+    clock = FakeClock()
+    monkeypatch.setattr(speed_module, "time", clock)
+    steady, spelled = tmp_path / "steady.parquet", tmp_path / "spelled.parquet"
+    build_lut(steady, FakeBackend(), specs=tiny_specs[:4], img_size=IMG, calibration_n=0)
+    backend = SpellBackend(clock, at=3 * (len(unique_ops([PRESETS["sa12"]], IMG)) + 1), until=20.0, calm_wait_s=10.0)
+    build_lut(spelled, backend, specs=tiny_specs[:4], img_size=IMG, calibration_n=0)
+    truth, table = LatencyTable.load(steady), LatencyTable.load(spelled)
+    merged = table.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
+    assert len(merged) == len(truth) and set(merged["slowdown"]) == {1.0}
+    np.testing.assert_allclose(merged["latency_ms"], merged["latency_ms_steady"], rtol=1e-9)
+    record = table.meta.speed_reference
+    assert record["waits"] == 2 and 1.4 < max(applied for *_, applied in record["trace"]) < 1.6
 
 
 @pytest.mark.parametrize("backend_name", ["torch", "onnxruntime"])

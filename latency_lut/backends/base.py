@@ -58,6 +58,14 @@ class Backend(ABC):
     def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
         """Median latency of `module` (an fp32 eval-mode CPU module) on a random input of `in_shape`."""
 
+    def settled(self, timing: Timing) -> bool:
+        """Whether `timing` was taken at the host's calm speed; a plain backend has no other speed to know of."""
+        return True
+
+    def await_calm(self) -> bool:
+        """Wait, within the protocol's limit, for the host to be calm; whether it is (`speed.py` knows how)."""
+        return True
+
     def prepare(self, module: nn.Module, in_shape: tuple[int, ...]) -> Callable[[], Timing]:
         """A timer of `module` to call again and again: for a workload re-timed through a build (`speed.py`),
         where a backend that compiles or exports modules should do so once."""
