@@ -250,8 +250,8 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                        help="seconds between readings of the host-speed reference that every timing is divided "
                             "by (default 5; 0: none, e.g. on a device with fixed clocks)")
     build.add_argument("--calm-wait-s", type=float,
-                       help="seconds to wait for a slow spell of the host (found by the reference) to end before "
-                            "timing through it, divided by the slowdown (default 60; 0: never wait)")
+                       help="seconds to wait for a slow spell of the host (found by the reference) to end, after "
+                            "the sweeps, to re-time the items no sweep timed calm (default 60; 0: never wait)")
     build.add_argument("--quick", action="store_true", help="few repetitions: smoke tests only")
     build.add_argument("--out", required=True, help="LUT parquet file (created or extended)")
     build.set_defaults(func=_lut_build)

@@ -79,8 +79,8 @@ def unnormalised(lut: Path, report: ValidationReport, specs: list) -> dict:
 
     Every op, calibration point and held-out timing is multiplied back by the slowdown it was divided by, the
     calibration is refitted on those points, and the figures are recomputed: what the LUT would have scored
-    without dividing by the slowdown. The waits for slow spells to end (`Protocol.calm_wait_s`) still happened, so
-    this isolates the division; compare a run with `--calm-wait-s 0` for the waits.
+    without dividing by the slowdown. The items re-timed once the host was calm again (`Protocol.calm_wait_s`) keep
+    their calm timings, so this isolates the division; compare a run with `--calm-wait-s 0` for the re-timing.
     """
     table = LatencyTable.load(lut)
     table.rows["latency_ms"] = table.rows["latency_ms"] * table.rows["slowdown"]
@@ -149,7 +149,8 @@ def main() -> None:
                         help="seconds between host-speed reference readings; the figures without the reference are "
                              "reported beside (0: no reference)")
     parser.add_argument("--calm-wait-s", type=float, default=Protocol.calm_wait_s,
-                        help="seconds to wait for a slow spell of the host to end before timing through it (0: never)")
+                        help="seconds to wait for a slow spell of the host to end, to re-time what no sweep timed "
+                             "calm (0: never)")
     parser.add_argument("--full-space", action="store_true", help="build the whole default space's LUT")
     parser.add_argument("--recalibrate", action="store_true",
                         help="re-time the calibration networks interleaved with the held-out ones")

@@ -10,8 +10,9 @@ item's fastest sweep (`best_of_passes`): a burst of interference from another jo
 items, not the table, and the later sweeps run in a shuffled order. `allocator` fixes the memory regime
 (`allocator.py`: freed memory is reused, never faulted in afresh on every call). `reference_s` is how often the
 host's speed is re-read from a fixed reference workload during a build or validation (`speed.py`; 0 turns it
-off): every timing is then divided by the host's slowdown, and `Timing.slowdown` keeps the factor; when a reading
-finds the host in a slow spell, the build first waits up to `calm_wait_s` for it to end (0: never wait). A backend
+off): every timing is then divided by the host's slowdown, and `Timing.slowdown` keeps the factor; items whose
+every sweep fell in a slow spell are timed again after the sweeps, once the host is calm, waiting up to
+`calm_wait_s` for it (0: only if it is calm already). A backend
 supplies `run_once`, which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA
 events on GPU).
 """

@@ -19,9 +19,9 @@ host scored as well or up to 32 points better within ±10 % than without, one 8 
 project's notes); `Protocol.reference_s` 0 turns it off.
 
 A division is still an approximation. The slow spells took the host's second core (single-thread timings stayed
-within 1-2 % through them), and each op suffers by how parallel it is. So when a confirmed reading finds the host
-slower than its calm level, the build first sleeps until the spell ends, up to `Protocol.calm_wait_s`, and times
-at calm speed; only what a spell that outlasts the wait leaves is divided.
+within 1-2 % through them), and each op suffers by how parallel it is. So an item whose every sweep fell in a slow
+spell is timed again after the sweeps, once the host is calm (`SpeedNormalised.await_calm`, up to
+`Protocol.calm_wait_s` of waiting); only what a spell that outlasts the wait leaves is divided.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ CALM_BAND = 0.10
 scattered by up to 5-6 % around a steady level, while the slow spells were 15-25 % slower."""
 CALM_POLL_S = 2.0
 """Seconds slept between readings while waiting for a slow spell to end: long enough to leave the host's cores
-alone (a reading takes about 0.7 s), short against the spells of one to three minutes seen on the reference host."""
+alone (a reading takes about 0.7 s), short against the spells of one to seven minutes seen on the reference host."""
 TRACE_LIMIT = 6000
 """Readings kept in the LUT metadata (the newest), about eight hours of measuring at 5 s intervals."""
 
@@ -74,8 +74,6 @@ class SpeedNormalised(Backend):
         self.slowdown = 1.0
         self.calm = 1.0
         """The fastest confirmed level so far: the host's speed when nothing else takes its cores."""
-        self.patient = self.protocol.calm_wait_s > 0
-        """Whether a slow spell is waited out; cleared when one outlasts `calm_wait_s`, set again once calm."""
         self._read_at = -float("inf")
 
     def version(self) -> str:
@@ -89,13 +87,10 @@ class SpeedNormalised(Backend):
 
         The first reading of a LUT sets its baseline (slowdown 1). Later, a reading moves the applied slowdown only
         when it differs from it by more than `STEP` and a second reading taken at once agrees: a step of the host
-        is then followed within a second, while a single stray reading leaves the timings alone. A confirmed step
-        to a slow spell is first waited out (`_wait_for_calm`).
+        is then followed within a second, while a single stray reading leaves the timings alone.
         """
         reading = self._reading()
         level = self._confirmed(reading)
-        if self.patient and not self._is_calm(self.slowdown if level is None else level):
-            level = self._wait_for_calm(self.slowdown if level is None else level)
         if level is not None:
             self._apply(level)
         self._read_at = time.monotonic()
@@ -114,36 +109,30 @@ class SpeedNormalised(Backend):
             return float(np.sqrt(reading * second))
         return None
 
-    def _wait_for_calm(self, level: float) -> float:
-        """Sleep through a slow spell, re-reading every `CALM_POLL_S`, and return the level to apply.
-
-        On the reference host the slow spells came from the second core being taken (single-thread timings stayed
-        within 1-2 % through them, two-thread ones stepped by 15-20 %), and how much an op suffers depends on how
-        parallel it is, so no single divisor fits every op. Timings taken while the host is calm need no
-        correction at all. Returns the calm level once two readings in a row are back within `CALM_BAND` of it, or,
-        after `calm_wait_s`, the slow `level`: the timings are then normalised as before, and no further wait
-        starts until the host has been calm again, so a host that stays slow costs one wait, not one per reading.
-        """
-        start = time.monotonic()
-        while time.monotonic() - start < self.protocol.calm_wait_s:
-            time.sleep(CALM_POLL_S)
-            reading = self._reading()
-            self._log(reading)
-            if self._is_calm(reading) and self._is_calm(second := self._reading()):
-                level = float(np.sqrt(reading * second))
-                break
-        else:
-            self.patient = False
-        self.record["waits"] = self.record.get("waits", 0) + 1
-        self.record["waited_s"] = round(self.record.get("waited_s", 0.0) + time.monotonic() - start, 3)
-        return level
-
     def settled(self, timing: Timing) -> bool:
         return self._is_calm(timing.slowdown)
 
     def await_calm(self) -> bool:
-        self.patient = self.protocol.calm_wait_s > 0
-        self.read()
+        """Read the reference and, in a slow spell, sleep until it ends or `calm_wait_s` pass; whether it ended.
+
+        On the reference host the slow spells came from the second core being taken (single-thread timings stayed
+        within 1-2 % through them, two-thread ones stepped by 15-20 %), and how much an item suffers depends on how
+        parallel it is, so no divisor fits every op and network. Timings taken while the host is calm need none.
+        The host is calm again once two readings in a row are within `CALM_BAND` of its calm level. Most spells
+        there lasted one to seven minutes, so a build does not wait at every spell; `best_of_passes` calls this
+        after its sweeps, for the few items whose every sweep fell in one.
+        """
+        if not self._is_calm(self.read()):
+            start = time.monotonic()
+            while time.monotonic() - start < self.protocol.calm_wait_s:
+                time.sleep(CALM_POLL_S)
+                reading = self._reading()
+                self._log(reading)
+                if self._is_calm(reading) and self._is_calm(second := self._reading()):
+                    self._apply(float(np.sqrt(reading * second)))
+                    break
+            self.record["waits"] = self.record.get("waits", 0) + 1
+            self.record["waited_s"] = round(self.record.get("waited_s", 0.0) + time.monotonic() - start, 3)
         return self._is_calm(self.slowdown)
 
     def _is_calm(self, level: float) -> bool:
@@ -151,9 +140,7 @@ class SpeedNormalised(Backend):
 
     def _apply(self, level: float) -> None:
         self.slowdown = level
-        if self._is_calm(level):
-            self.calm = min(self.calm, level)
-            self.patient = self.protocol.calm_wait_s > 0
+        self.calm = min(self.calm, level)
 
     def _log(self, reading: float) -> None:
         trace = self.record["trace"]
