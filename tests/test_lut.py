@@ -452,13 +452,16 @@ class ScriptedHost:
 
 def test_items_timed_only_in_slow_spells_are_timed_again_once_the_host_is_calm():
     """a was calm in one sweep; b and c fell in a spell in both (divided by 1.3). The host is calm again for one
-    wait only: b is re-timed calm, c keeps its divided timing, and each is reported done once, with its final one."""
+    wait only: b is re-timed calm and that timing kept, though it measured faster in the spell (13 ms vs 14 ms:
+    such a network had not slowed, and dividing its time would be wrong); c keeps its divided timing. Each is
+    reported done once, with its final timing."""
     spell, calm = Timing(13.0, 13.0, 13.0, 0.0, 5).divided_by(1.3), Timing(10.0, 10.0, 10.0, 0.0, 5)
-    script = {"a": iter([calm, spell]), "b": iter([spell, spell, calm]), "c": iter([spell, spell])}
+    script = {"a": iter([calm, spell]), "b": iter([spell, spell, Timing(14.0, 14.0, 14.0, 0.0, 5)]),
+              "c": iter([spell, spell])}
     done: dict[str, Timing] = {}
     host = ScriptedHost(calm_waits=1)
     kept = best_of_passes(list("abc"), lambda item: next(script[item]), 2, done.__setitem__, host=host)
-    assert [t.slowdown for t in kept] == [1.0, 1.0, 1.3] and host.waits == 2
+    assert [t.slowdown for t in kept] == [1.0, 1.0, 1.3] and kept[1].latency_ms == 14.0 and host.waits == 2
     assert done == dict(zip("abc", kept, strict=True))
 
 
@@ -576,7 +579,7 @@ def test_speed_reference_is_read_through_a_real_build_and_shown(tmp_path, tiny_s
     table = LatencyTable.load(path)
     record = table.meta.speed_reference
     assert record["network"] == "sa12" and len(record["baseline_ms"]) == len(unique_ops([PRESETS["sa12"]], IMG))
-    assert len(record["trace"]) == len(table) and record["trace"][0][1] == 1.0
+    assert len(record["trace"]) >= len(table) and record["trace"][0][1] == 1.0  # + any re-timed in the catch-up
     assert all(0.2 < reading < 5 for _, reading, _ in record["trace"])
     assert set(table.rows["slowdown"].round(5)) <= {applied for *_, applied in record["trace"]}
     assert main(["lut", "show", str(path)]) == 0
