@@ -151,46 +151,42 @@ class CalmHost(typing.Protocol):
 def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: int,
                    on_done: Callable[[T, Timing], None] | None = None, seed: int = 0,
                    host: CalmHost | None = None) -> list[Timing]:
-    """Time every item in `passes` sweeps and keep, per item, the sweep with the lowest latency as measured.
+    """Time every item in `passes` sweeps and keep, per item, its best sweep: calm before fast.
 
     The first sweep keeps the given order, later ones visit the items in a seeded shuffle: an op timed right after
     the same predecessor in every sweep would inherit the same cache, allocator and kernel-selection state each
-    time, and one unlucky state would survive the minimum. The comparison is on the time as measured, not as
-    normalised by the host's slowdown (`speed.py`): a sweep timed while the host was calm needed no correction, so
-    it is the more exact one, and it is kept even when a sweep in a spell measured faster: on the reference host the
-    ONNX Runtime networks often did not slow in a spell that slowed the reference ops by 13-23 %, and four networks
-    kept from such sweeps came out 12-23 % too fast once divided. Items whose every sweep fell in a slow spell of
-    `host` are timed once more after it
-    waited for the host to be calm, until a spell outlasts its wait; on the reference host networks timed in calm
-    spells were predicted within ±10 % (30 of 30), those divided by a spell's slowdown far less often (12 of 20).
+    time, and one unlucky state would survive the minimum. A sweep timed while `host` was calm (`speed.py`) needed
+    no correction, so it beats one from a slow spell even when that one measured faster: on the reference host
+    ONNX Runtime networks often did not slow in a spell that slowed the reference ops by 13-23 %, and four kept from
+    such sweeps came out 12-23 % too fast once divided. Among equals the lowest time as measured wins, not the
+    lowest as divided, which would favour the sweep whose reading overshot. Items whose every sweep fell in a spell
+    are timed once more after the sweeps, each once `host` has waited for calm, until a spell outlasts its wait:
+    there, networks timed calm were predicted within ±10 % in 30 of 30 cases, those divided in 12 of 20.
     `on_done(item, timing)` is called as each item's timing is final (for progress and checkpoints).
     """
-    sweeps = max(1, passes)
     rng = np.random.default_rng(seed)
-    best: list[Timing | None] = [None] * len(items)
     settled = host.settled if host is not None else lambda _: True
+    done = on_done or (lambda *_: None)
 
-    def better(new: Timing, old: Timing) -> bool:
-        """A calm timing over one from a spell, else the faster as measured."""
-        return settled(new) > settled(old) or (settled(new) == settled(old) and new.measured_ms < old.measured_ms)
+    def rank(timing: Timing) -> tuple[bool, float]:
+        return not settled(timing), timing.measured_ms
 
+    best: list[Timing | None] = [None] * len(items)
+    last = max(1, passes) - 1
     unsettled: list[int] = []
-    for sweep in range(sweeps):
-        order = range(len(items)) if sweep == 0 else rng.permutation(len(items))
-        for i in order:
+    for sweep in range(last + 1):
+        for i in range(len(items)) if sweep == 0 else rng.permutation(len(items)):
             timing = time_one(items[i])
-            if best[i] is None or better(timing, best[i]):
-                best[i] = timing
-            if sweep == sweeps - 1 and not settled(best[i]):
-                unsettled.append(i)
-            elif on_done is not None and sweep == sweeps - 1:
-                on_done(items[i], best[i])
+            best[i] = timing if best[i] is None else min(best[i], timing, key=rank)
+            if sweep == last:
+                if settled(best[i]):
+                    done(items[i], best[i])
+                else:
+                    unsettled.append(i)
     calm = True
     for i in sorted(unsettled):  # fixed after the sweeps: a later, faster calm level must not re-open what is done
         calm = calm and host.await_calm()
         if calm:
-            timing = time_one(items[i])
-            best[i] = timing if better(timing, best[i]) else best[i]
-        if on_done is not None:
-            on_done(items[i], best[i])
+            best[i] = min(best[i], time_one(items[i]), key=rank)
+        done(items[i], best[i])
     return best

@@ -108,7 +108,7 @@ def speed_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     values = np.array([entry[1] for entry in trace])
     return {"network": record["network"], "readings": len(values), "first": trace[0][0], "last": trace[-1][0],
             "min": float(values.min()), "median": float(np.median(values)), "max": float(values.max()),
-            "levels": len({entry[2] for entry in trace}), "reading_s": record.get("reading_s"),
+            "levels": len({entry[-1] for entry in trace}), "reading_s": record.get("reading_s"),
             "waits": record.get("waits", 0), "waited_s": record.get("waited_s", 0.0)}
 
 

@@ -371,6 +371,14 @@ def test_validate_cli_reports_figures_plot_and_repeatability(real_lut, capsys):
     assert "repeatability" in capsys.readouterr().out
 
 
+def _as_steady(table: LatencyTable, truth: LatencyTable) -> pd.DataFrame:
+    """Assert `table` has every op of `truth` at the same latency (to 1e-9); its rows beside the steady ones."""
+    merged = table.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
+    assert len(merged) == len(truth)
+    np.testing.assert_allclose(merged["latency_ms"], merged["latency_ms_steady"], rtol=1e-9)
+    return merged
+
+
 class SteppingBackend(FakeBackend):
     """A host whose speed steps: `slowdown` becomes `after` once `at` modules have been timed."""
 
@@ -393,9 +401,7 @@ def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, t
     build_lut(stepped, SteppingBackend(at=60, after=1.4), specs=tiny_specs[:8], calibration=calibration, img_size=IMG)
     build_lut(stepped, SteppingBackend(at=0, after=2.0), specs=tiny_specs, calibration=calibration, img_size=IMG)
     truth, table = LatencyTable.load(steady), LatencyTable.load(stepped)
-    merged = table.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
-    assert len(merged) == len(truth) and set(merged["slowdown"].round(6)) == {1.0, 1.4, 2.0}
-    np.testing.assert_allclose(merged["latency_ms"], merged["latency_ms_steady"], rtol=1e-9)
+    assert set(_as_steady(table, truth)["slowdown"].round(6)) == {1.0, 1.4, 2.0}
     points = table.meta.calibration["points"]
     np.testing.assert_allclose([p["measured_ms"] for p in points],
                                [p["measured_ms"] for p in truth.meta.calibration["points"]], rtol=1e-9)
@@ -412,9 +418,7 @@ def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, t
     assert LatencyTable.load(slow).rows["latency_ms"].sum() > 1.6 * truth.rows["latency_ms"].sum()
     joined = LatencyTable.load(fast)
     assert joined.merge(LatencyTable.load(slow)) > 0
-    both = joined.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
-    assert len(both) == len(truth)
-    np.testing.assert_allclose(both["latency_ms"], both["latency_ms_steady"], rtol=1e-9)
+    _as_steady(joined, truth)
 
 
 def test_a_stray_reading_is_ignored_and_a_confirmed_step_applied():
@@ -498,9 +502,14 @@ class FakeClock:
         self.now += seconds
 
 
-def test_awaiting_calm_sleeps_through_a_spell_and_gives_up_after_the_wait(monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(speed_module, "time", clock)
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(speed_module, "time", fake)
+    return fake
+
+
+def test_awaiting_calm_sleeps_through_a_spell_and_gives_up_after_the_wait(clock):
     backend = FakeBackend(protocol=Protocol(passes=1, calm_wait_s=6.0))
     speed = SpeedNormalised(backend, new_meta(backend, img_size=IMG, batch=1))
     readings = iter([1.0,  # the baseline
@@ -531,21 +540,17 @@ class SpellBackend(FakeBackend):
         return super().time_module(module, in_shape)
 
 
-def test_ops_timed_in_a_slow_spell_are_timed_again_once_it_ends(tmp_path, tiny_specs, monkeypatch):
+def test_ops_timed_in_a_slow_spell_are_timed_again_once_it_ends(tmp_path, tiny_specs, clock):
     """The host slows in the middle of the third op's reading: the sweep goes on, dividing by the slowdown; after it
     the build waits for the spell to end and re-times those ops, so no op or calibration network is left divided
     (slowdown 1 throughout) and all equal the steady host's."""
-    clock = FakeClock()
-    monkeypatch.setattr(speed_module, "time", clock)
     steady, spelled = tmp_path / "steady.parquet", tmp_path / "spelled.parquet"
     at = 3 * (len(unique_ops([PRESETS["sa12"]], IMG)) + 1) + 2
     build_lut(steady, FakeBackend(), specs=tiny_specs[:4], calibration=tiny_specs[:4], img_size=IMG)
     build_lut(spelled, SpellBackend(clock, at=at, until=10.0), specs=tiny_specs[:4], calibration=tiny_specs[:4],
               img_size=IMG)
     truth, table = LatencyTable.load(steady), LatencyTable.load(spelled)
-    merged = table.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
-    assert len(merged) == len(truth) and set(merged["slowdown"]) == {1.0}
-    np.testing.assert_allclose(merged["latency_ms"], merged["latency_ms_steady"], rtol=1e-9)
+    assert set(_as_steady(table, truth)["slowdown"]) == {1.0}
     np.testing.assert_allclose([p["measured_ms"] for p in table.meta.calibration["points"]],
                                [p["measured_ms"] for p in truth.meta.calibration["points"]], rtol=1e-9)
     record = table.meta.speed_reference
@@ -553,19 +558,14 @@ def test_ops_timed_in_a_slow_spell_are_timed_again_once_it_ends(tmp_path, tiny_s
     assert 1.4 < max(applied for *_, applied in record["trace"]) < 1.6
 
 
-def test_a_spell_that_outlasts_the_wait_leaves_its_ops_divided_and_costs_one_wait(tmp_path, tiny_specs,
-                                                                                monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(speed_module, "time", clock)
+def test_a_spell_that_outlasts_the_wait_leaves_its_ops_divided_and_costs_one_wait(tmp_path, tiny_specs, clock):
     steady, spelled = tmp_path / "steady.parquet", tmp_path / "spelled.parquet"
     build_lut(steady, FakeBackend(), specs=tiny_specs[:4], img_size=IMG, calibration_n=0)
     at = 3 * (len(unique_ops([PRESETS["sa12"]], IMG)) + 1)
     build_lut(spelled, SpellBackend(clock, at=at, until=1e9, calm_wait_s=10.0), specs=tiny_specs[:4], img_size=IMG,
               calibration_n=0)
     truth, table = LatencyTable.load(steady), LatencyTable.load(spelled)
-    merged = table.rows.merge(truth.rows, on="key", suffixes=("", "_steady"))
-    assert len(merged) == len(truth) and set(merged["slowdown"].round(6)) == {1.0, 1.5}
-    np.testing.assert_allclose(merged["latency_ms"], merged["latency_ms_steady"], rtol=1e-9)
+    assert set(_as_steady(table, truth)["slowdown"].round(6)) == {1.0, 1.5}
     record = table.meta.speed_reference
     assert record["waits"] == 1 and 10 <= record["waited_s"] < 12
 
