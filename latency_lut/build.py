@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..fastvit.model import build_model
 from ..fastvit.spec import ArchSpec
 from .backends import Backend
-from .measure import Timing, best_of_passes
+from .measure import Timing, best_of_passes, weight_copies
 from .modules import op_module
 from .ops import Op, unique_ops
 from .predict import MIN_CALIBRATION_POINTS, Predictor, fit_calibration
@@ -101,7 +101,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
 
         def time_op(op: Op) -> Timing:
             bar.update()
-            return backend.time_module(op_module(op), op.in_shape)
+            module = op_module(op)
+            return backend.time_module(module, op.in_shape, weight_copies(module, backend.protocol))
 
         def done(op: Op, timing: Timing) -> None:
             table.add([(op, timing)])

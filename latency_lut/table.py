@@ -34,6 +34,10 @@ TIMING_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms", "count", "measu
 OPTIONAL_COLUMNS = {"slowdown": 1.0}
 """Columns added after format version 1 was fixed, with the value that LUTs written before them mean."""
 SETTING_FIELDS = ("backend", "dtype", "batch", "img_size", "threads", "layout")
+REGIME_FIELDS = {"cold_weights_mb": 0.0}
+"""Protocol fields that change what an op's latency means (not just how precisely it is known), with the value
+LUTs written before them mean: ops timed with warm and with cold weights (`measure.weight_copies`) differ by up
+to a fifth, so they are never mixed in one table."""
 VERSION_FIELDS = ("backend_version", "torch_version")
 
 
@@ -74,14 +78,25 @@ class LutMeta:
         threads = f", {self.threads} threads" if self.threads else ""
         return f"{d.get('name', '?')} ({d.get('kind', '?')}{threads})"
 
+    def measuring_protocol(self) -> dict[str, Any]:
+        """The protocol the LUT's ops were measured by, with the regime older LUTs mean where they lack a field."""
+        return {**REGIME_FIELDS, **self.protocol}
+
+    def _identity(self, fields: tuple[str, ...]) -> dict[str, Any]:
+        """The `fields` and the regime fields: what must agree for two measurements to be combined."""
+        regime = self.measuring_protocol()
+        return {**{name: getattr(self, name) for name in fields}, **{name: regime[name] for name in REGIME_FIELDS}}
+
     def check_compatible(self, other: LutMeta, what: str, versions: bool = True) -> None:
-        """Refuse to combine measurements of another device, other settings or (optionally) other versions."""
+        """Refuse to combine measurements of another device, other settings, another measuring regime or
+        (optionally) other library versions."""
         if self.device != other.device:
             raise LutError(f"{what}: the LUT was measured on {self.describe_device()}, not on "
                            f"{other.describe_device()}; device fingerprints differ ({self.device} vs {other.device})")
         fields = SETTING_FIELDS + (VERSION_FIELDS if versions else ())
-        for name in fields:
-            mine, theirs = getattr(self, name), getattr(other, name)
+        theirs_all = other._identity(fields)
+        for name, mine in self._identity(fields).items():
+            theirs = theirs_all[name]
             if mine != theirs:
                 raise LutError(f"{what}: the LUT has {name}={mine!r} but this run has {name}={theirs!r}; "
                                "measurements with different settings are never mixed (use another --out file)")

@@ -87,7 +87,7 @@ def held_out_specs(lut: Path, space: SpaceSource, n: int, seed: int) -> list[Arc
 def backend_for(meta: LutMeta) -> Backend:
     """A backend with the LUT's settings and protocol, so validation measures exactly as the build did."""
     return get_backend(meta.backend, device=meta.device.get("kind", "?"), dtype=meta.dtype,
-                       threads=meta.threads or 1, protocol=Protocol(**meta.protocol))
+                       threads=meta.threads or 1, protocol=Protocol(**meta.measuring_protocol()))
 
 
 def scatter_plot(predicted: np.ndarray, measured: np.ndarray, stats: dict[str, float], title: str,

@@ -23,7 +23,8 @@ import torch
 from scipy.stats import spearmanr
 
 from fastvit_nas.cli import main
-from fastvit_nas.fastvit.model import build_model
+from fastvit_nas.errors import FastVitNasError
+from fastvit_nas.fastvit.model import FastVitNas, build_model
 from fastvit_nas.fastvit.presets import PRESETS
 from fastvit_nas.fastvit.spec import ArchSpec
 from fastvit_nas.latency_lut import (
@@ -45,7 +46,7 @@ from fastvit_nas.latency_lut import (
 from fastvit_nas.latency_lut import speed as speed_module
 from fastvit_nas.latency_lut.backends.onnxruntime import session, time_session
 from fastvit_nas.latency_lut.build import _interleave, new_meta
-from fastvit_nas.latency_lut.measure import best_of_passes
+from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, weight_copies
 from fastvit_nas.latency_lut.modules import op_module
 from fastvit_nas.latency_lut.ops import probe_spec, stage_ops
 from fastvit_nas.latency_lut.speed import SpeedNormalised
@@ -65,12 +66,14 @@ class FakeBackend(Backend):
         super().__init__(**{"protocol": Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0), **kwargs})
         self.slowdown = slowdown
         self.calls: list[tuple[int, ...]] = []
+        self.copies: list[tuple[torch.nn.Module, int]] = []
 
     def version(self) -> str:
         return "0"
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...]) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
         self.calls.append(tuple(in_shape))
+        self.copies.append((module, copies))
         params = sum(p.numel() for p in module.parameters())
         ms = (1e-6 * params * math.prod(in_shape[1:]) ** 0.5 + 0.01) * self.slowdown
         return Timing(ms, ms, ms, 0.0, 1)
@@ -282,6 +285,61 @@ def test_real_measurement_is_positive_and_finite(real_lut):
     assert 0 < timing.latency_ms < 1e4 and timing.iqr_ms >= 0
 
 
+def test_weight_copies_fill_the_cold_footprint_within_bounds():
+    cold = Protocol(cold_weights_mb=64.0)
+    assert weight_copies(torch.nn.Linear(1000, 1000, bias=False), cold) == 16  # 4 MB of weights
+    assert weight_copies(torch.nn.Linear(1000, 1000, bias=False), Protocol(cold_weights_mb=0.0)) == 1
+    assert weight_copies(torch.nn.Conv2d(3, 8, 3), cold) == MAX_WEIGHT_COPIES
+    assert weight_copies(torch.nn.GELU(), cold) == 1
+    with pytest.raises(ValueError, match="cold_weights_mb"):
+        Protocol(cold_weights_mb=-1.0)
+
+
+def test_ops_are_timed_through_weight_copies_and_networks_whole(tmp_path, tiny_specs):
+    """Every op gets the copies its weights need to fill the protocol's footprint; a network's own weights are
+    already what a forward pass streams through the cache, so it is timed as one module."""
+    protocol = Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, cold_weights_mb=0.1)
+    backend = FakeBackend(protocol=protocol)
+    build_lut(tmp_path / "l.parquet", backend, specs=tiny_specs[:3], img_size=IMG, calibration_n=3)
+    networks = [copies for module, copies in backend.copies if isinstance(module, FastVitNas)]
+    ops_timed = [(module, copies) for module, copies in backend.copies if not isinstance(module, FastVitNas)]
+    assert networks == [1, 1, 1]
+    assert all(copies == weight_copies(module, protocol) for module, copies in ops_timed)
+    assert len({copies for _, copies in ops_timed}) > 2  # each by its own weights
+
+
+def test_copies_run_in_turn_each_with_its_own_weights():
+    """No call finds the weights of the call before: the copies take turns, warm-up and timed calls alike."""
+    seen: list[int] = []
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    conv.register_forward_pre_hook(lambda module, _: seen.append(id(module)))
+    timing = get_backend("torch", threads=1, protocol=Protocol.quick()).time_module(conv, (1, 8, 16, 16), copies=3)
+    assert 0 < timing.latency_ms < 1e3
+    assert len(seen) == Protocol.quick().warmup_calls + timing.count
+    assert len(set(seen)) == 3 and seen == (seen[:3] * len(seen))[:len(seen)]
+
+
+def test_onnxruntime_times_ops_with_warm_weights_and_says_so():
+    backend = get_backend("onnxruntime", threads=1, protocol=Protocol(cold_weights_mb=64.0))
+    assert backend.protocol.cold_weights_mb == 0.0 and new_meta(backend, IMG, 1).protocol["cold_weights_mb"] == 0.0
+    with pytest.raises(FastVitNasError, match="warm weights only"):
+        backend.time_module(torch.nn.Conv2d(8, 8, 3), (1, 8, 16, 16), copies=2)
+
+
+def test_warm_and_cold_weight_timings_are_never_mixed(tmp_path, tiny_specs):
+    """A LUT written before the regime was recorded means warm weights: extending it warm works, cold is refused."""
+    path = tmp_path / "l.parquet"
+    warm = Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, cold_weights_mb=0.0)
+    build_lut(path, FakeBackend(protocol=warm), specs=tiny_specs[:1], img_size=IMG, calibration_n=0)
+    table = LatencyTable.load(path)
+    del table.meta.protocol["cold_weights_mb"]
+    table.save(path)
+    build_lut(path, FakeBackend(protocol=warm), specs=tiny_specs[1:2], img_size=IMG, calibration_n=0)
+    with pytest.raises(LutError, match=r"cold_weights_mb=0\.0 but this run has cold_weights_mb=64\.0"):
+        build_lut(path, FakeBackend(protocol=dataclasses.replace(warm, cold_weights_mb=64.0)), specs=tiny_specs[2:3],
+                  img_size=IMG, calibration_n=0)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reuse regime is set through glibc's mallopt")
 def test_measurement_reuses_freed_memory_instead_of_faulting_pages_in_every_call():
     """An activation above glibc's largest mmap threshold (32 MB) is otherwise mapped afresh in every call, and
@@ -386,10 +444,10 @@ class SteppingBackend(FakeBackend):
         super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=0.0))  # read before every item
         self.at, self.after = at, after
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...]) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
         if len(self.calls) >= self.at:
             self.slowdown = self.after
-        return super().time_module(module, in_shape)
+        return super().time_module(module, in_shape, copies)
 
 
 def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, tiny_specs):
@@ -510,7 +568,7 @@ def clock(monkeypatch) -> FakeClock:
 
 
 def test_awaiting_calm_sleeps_through_a_spell_and_gives_up_after_the_wait(clock):
-    backend = FakeBackend(protocol=Protocol(passes=1, calm_wait_s=6.0))
+    backend = FakeBackend(protocol=Protocol(passes=1, reference_s=0.0, calm_wait_s=6.0))  # reads whenever asked
     speed = SpeedNormalised(backend, new_meta(backend, img_size=IMG, batch=1))
     readings = iter([1.0,  # the baseline
                      1.2, 1.21, 1.19, 1.02, 1.01,  # a spell, confirmed; polled: still slow, then calm twice
@@ -527,6 +585,18 @@ def test_awaiting_calm_sleeps_through_a_spell_and_gives_up_after_the_wait(clock)
     assert speed.record["waits"] == 2 and speed.record["waited_s"] == pytest.approx(10.0)
 
 
+def test_awaiting_calm_reads_the_host_no_more_often_than_the_reference_interval(clock):
+    """The catch-up asks before each item; a calm host read 0.6 s ago need not be read again."""
+    backend = FakeBackend(protocol=Protocol(passes=1, reference_s=5.0, calm_wait_s=6.0))
+    speed = SpeedNormalised(backend, new_meta(backend, img_size=IMG, batch=1))
+    readings = iter([1.0, 1.01, 1.0])
+    speed._reading = lambda: next(readings)
+    assert all(speed.await_calm() for _ in range(10)) and len(speed.record["trace"]) == 1
+    clock.now += 5.0
+    assert speed.await_calm() and len(speed.record["trace"]) == 2
+    assert next(readings) == 1.0 and clock.slept == []
+
+
 class SpellBackend(FakeBackend):
     """A host 1.5x slower from its `at`-th timed module until `clock` reaches `until` seconds; a call takes 10 ms."""
 
@@ -534,10 +604,10 @@ class SpellBackend(FakeBackend):
         super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=calm_wait_s))  # read every item
         self.clock, self.at, self.until = clock, at, until
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...]) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
         self.clock.now += 0.01
         self.slowdown = 1.5 if len(self.calls) >= self.at and self.clock.now < self.until else 1.0
-        return super().time_module(module, in_shape)
+        return super().time_module(module, in_shape, copies)
 
 
 def test_ops_timed_in_a_slow_spell_are_timed_again_once_it_ends(tmp_path, tiny_specs, clock):

@@ -55,8 +55,12 @@ class Backend(ABC):
         """The runtime's version, recorded beside every LUT it measures."""
 
     @abstractmethod
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
-        """Median latency of `module` (an fp32 eval-mode CPU module) on a random input of `in_shape`."""
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
+        """Latency of `module` (an fp32 eval-mode CPU module) on a random input of `in_shape`, by the protocol.
+
+        With `copies` > 1, that many copies of the module (with their own weights) run in turn, one per call:
+        how ops are timed with their weights out of the cache (`measure.weight_copies`).
+        """
 
     def settled(self, timing: Timing) -> bool:
         """Whether `timing` was taken at the host's calm speed; a plain backend has no other speed to know of."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -70,6 +71,7 @@ class OnnxRuntime(Backend):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.protocol = replace(self.protocol, cold_weights_mb=0.0)
         if self.dtype == "bfloat16" or (self.dtype == "float16" and self.device == "cpu"):
             raise FastVitNasError(f"--backend onnxruntime: dtype {self.dtype} is not supported on {self.device} "
                                   "(use fp32, or fp16 on cuda)")
@@ -77,7 +79,11 @@ class OnnxRuntime(Backend):
     def version(self) -> str:
         return ort.__version__
 
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
+        """Ops are timed with warm weights (`copies` 1): each session has its own thread pool, whose threads spin
+        on after a run, so copies as sessions slowed each other (64 of them timed 2.25x the warm sum)."""
+        if copies != 1:
+            raise FastVitNasError("--backend onnxruntime times ops with warm weights only (cold_weights_mb 0)")
         sess = session(export_onnx(module, in_shape, self.dtype), self.device, self.threads)
         return time_session(sess, self.protocol, self.dtype)
 

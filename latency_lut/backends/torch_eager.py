@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ..measure import Timing, measure, wall_clock
+from ..measure import Timing, measure, round_robin, wall_clock
 from .base import Backend
 
 
@@ -45,10 +47,12 @@ class TorchEager(Backend):
     def version(self) -> str:
         return torch.__version__
 
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...]) -> Timing:
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
         dtype = getattr(torch, self.dtype)
         module = module.eval().to(device=self.device, dtype=dtype)
+        modules = [module, *(copy.deepcopy(module) for _ in range(copies - 1))]
         x = torch.randn(in_shape, device=self.device, dtype=dtype)
         with _torch_threads(self.threads), torch.inference_mode():
-            run = _cuda_events(lambda: module(x)) if self.device == "cuda" else wall_clock(lambda: module(x))
+            call = round_robin([functools.partial(m, x) for m in modules])
+            run = _cuda_events(call) if self.device == "cuda" else wall_clock(call)
             return measure(run, self.protocol)
