@@ -13,9 +13,8 @@ host's speed is re-read from a fixed reference workload during a build or valida
 off): every timing is then divided by the host's slowdown, and `Timing.slowdown` keeps the factor; items whose
 every sweep fell in a slow spell are timed again after the sweeps, once the host is calm, waiting up to
 `calm_wait_s` for it (0: only if it is calm already). `cold_weights_mb` keeps an op's weights out of the cache,
-as a whole network's are (`weight_copies`). A backend
-supplies `run_once`, which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA
-events on GPU).
+as a whole network's are (`weight_copies`). A backend supplies `run_once`, which performs one call and returns its
+duration in milliseconds (wall clock on CPU, CUDA events on GPU).
 """
 
 from __future__ import annotations

@@ -94,11 +94,10 @@ class LutMeta:
             raise LutError(f"{what}: the LUT was measured on {self.describe_device()}, not on "
                            f"{other.describe_device()}; device fingerprints differ ({self.device} vs {other.device})")
         fields = SETTING_FIELDS + (VERSION_FIELDS if versions else ())
-        theirs_all = other._identity(fields)
-        for name, mine in self._identity(fields).items():
-            theirs = theirs_all[name]
-            if mine != theirs:
-                raise LutError(f"{what}: the LUT has {name}={mine!r} but this run has {name}={theirs!r}; "
+        mine, theirs = self._identity(fields), other._identity(fields)
+        for name in mine:
+            if mine[name] != theirs[name]:
+                raise LutError(f"{what}: the LUT has {name}={mine[name]!r} but this run has {name}={theirs[name]!r}; "
                                "measurements with different settings are never mixed (use another --out file)")
 
     @classmethod
