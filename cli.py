@@ -154,7 +154,8 @@ def _lut_space(args: argparse.Namespace):
 def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
-    overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb") if (v := getattr(args, k)) is not None}
+    overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas")
+                 if (v := getattr(args, k)) is not None}
     protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator), **overrides)
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=protocol)
@@ -255,6 +256,10 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--cold-weights-mb", type=float,
                        help="MB of weight copies each op cycles through, so it reads its weights from beyond the "
                             "cache as inside a network (default 64, torch only; 0: warm weights)")
+    build.add_argument("--op-replicas", type=int,
+                       help="copies of an op per timed call, each its share of the call's time, so a runtime's fixed "
+                            "cost per call is paid once per network and not once per op (default: 8 for "
+                            "onnxruntime, 1 for torch)")
     build.add_argument("--quick", action="store_true", help="few repetitions: smoke tests only")
     build.add_argument("--out", required=True, help="LUT parquet file (created or extended)")
     build.set_defaults(func=_lut_build)

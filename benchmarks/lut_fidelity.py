@@ -106,7 +106,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
     backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=Protocol(estimator=args.estimator, passes=args.passes,
                                             reference_s=args.reference_s, calm_wait_s=args.calm_wait_s,
-                                            cold_weights_mb=args.cold_weights_mb))
+                                            cold_weights_mb=args.cold_weights_mb, op_replicas=args.op_replicas))
     name = f"{backend_name}_{args.device}_{args.dtype}_b{batch}_{img}"
     lut = out_dir / f"{name}.parquet"
     lut.unlink(missing_ok=True)
@@ -120,7 +120,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
         "unnormalised": unnormalised(lut, report, held_out) if speed else None, "slowdown": speed,
         "backend": backend_name, "device": args.device, "dtype": args.dtype, "img_size": img,
         "threads": args.threads, "batch": batch, "estimator": args.estimator, "passes": args.passes,
-        "cold_weights_mb": backend.protocol.cold_weights_mb,
+        "cold_weights_mb": backend.protocol.cold_weights_mb, "op_replicas": backend.protocol.op_replicas,
         "n": report.n, "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
         "spearman": report.spearman, "kendall": report.kendall, "repeatability": report.repeatability,
         "as_built": report.as_built, "drift": report.drift,
@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--cold-weights-mb", type=float, default=Protocol.cold_weights_mb,
                         help="MB of weight copies each op cycles through, so its weights come from beyond the cache "
                              "as in a network (0: warm weights; ONNX Runtime always 0)")
+    parser.add_argument("--op-replicas", type=int,
+                        help="copies of an op per timed call (default: the backend's, 8 for ONNX Runtime, 1 for torch)")
     parser.add_argument("--full-space", action="store_true", help="build the whole default space's LUT")
     parser.add_argument("--recalibrate", action="store_true",
                         help="re-time the calibration networks interleaved with the held-out ones")

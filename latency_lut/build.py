@@ -102,7 +102,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
         def time_op(op: Op) -> Timing:
             bar.update()
             module = op_module(op)
-            return backend.time_module(module, op.in_shape, weight_copies(module, backend.protocol))
+            return backend.time_module(module, op.in_shape, weight_copies(module, backend.protocol),
+                                       backend.protocol.op_replicas)
 
         def done(op: Op, timing: Timing) -> None:
             table.add([(op, timing)])

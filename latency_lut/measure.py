@@ -13,8 +13,10 @@ host's speed is re-read from a fixed reference workload during a build or valida
 off): every timing is then divided by the host's slowdown, and `Timing.slowdown` keeps the factor; items whose
 every sweep fell in a slow spell are timed again after the sweeps, once the host is calm, waiting up to
 `calm_wait_s` for it (0: only if it is calm already). `cold_weights_mb` keeps an op's weights out of the cache,
-as a whole network's are (`weight_copies`). A backend supplies `run_once`, which performs one call and returns its
-duration in milliseconds (wall clock on CPU, CUDA events on GPU).
+as a whole network's are (`weight_copies`). `op_replicas` copies of an op run within one timed call, whose time
+is shared among them: a runtime with a fixed cost per call (an ONNX Runtime session run) pays it once per
+network, not once per op (`None`: the backend's own default). A backend supplies `run_once`, which performs one
+call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TypeVar
 import numpy as np
 from torch import nn
 
+from ..errors import FastVitNasError
 from .allocator import ALLOCATORS
 
 T = TypeVar("T")
@@ -52,18 +55,21 @@ class Protocol:
     reference_s: float = 5.0
     calm_wait_s: float = 60.0
     cold_weights_mb: float = 64.0
+    op_replicas: int | None = None
 
     def __post_init__(self) -> None:
         if self.estimator not in ("median", "min"):
-            raise ValueError(f"estimator must be median or min, got {self.estimator!r}")
+            raise FastVitNasError(f"estimator must be median or min, got {self.estimator!r}")
         if self.allocator not in ALLOCATORS:
-            raise ValueError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}")
+            raise FastVitNasError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}")
         if self.reference_s < 0:
-            raise ValueError(f"reference_s must be >= 0 (0: no speed reference), got {self.reference_s!r}")
+            raise FastVitNasError(f"reference_s must be >= 0 (0: no speed reference), got {self.reference_s!r}")
         if self.calm_wait_s < 0:
-            raise ValueError(f"calm_wait_s must be >= 0 (0: never wait), got {self.calm_wait_s!r}")
+            raise FastVitNasError(f"calm_wait_s must be >= 0 (0: never wait), got {self.calm_wait_s!r}")
         if self.cold_weights_mb < 0:
-            raise ValueError(f"cold_weights_mb must be >= 0 (0: warm weights), got {self.cold_weights_mb!r}")
+            raise FastVitNasError(f"cold_weights_mb must be >= 0 (0: warm weights), got {self.cold_weights_mb!r}")
+        if self.op_replicas is not None and self.op_replicas < 1:
+            raise FastVitNasError(f"op_replicas must be >= 1 (None: the backend's default), got {self.op_replicas!r}")
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -138,8 +144,21 @@ def round_robin(calls: Sequence[Callable[[], object]]) -> Callable[[], object]:
     return lambda: next(turns)()
 
 
-def measure(run_once: Callable[[], float], protocol: Protocol) -> Timing:
-    """Time `run_once` by the protocol: warm-up, then rounds until the median is stable or a cap is hit."""
+def measure(run_once: Callable[[], float], protocol: Protocol, replicas: int = 1) -> Timing:
+    """Time `run_once` by the protocol: warm-up, then rounds until the median is stable or a cap is hit.
+
+    When each call runs `replicas` copies of an op, a sample is one copy's share of the call, and the protocol's
+    counts of calls are divided among the copies: as many runs of the op are timed, in fewer and longer calls,
+    so replicas do not multiply a build's time.
+    """
+    if replicas > 1:
+        protocol = replace(protocol, **{name: math.ceil(getattr(protocol, name) / replicas)
+                                        for name in ("warmup_calls", "min_reps", "max_reps", "round_size")})
+        timed = run_once
+
+        def run_once() -> float:
+            return timed() / replicas
+
     start = time.perf_counter()
     for _ in range(protocol.warmup_calls):
         run_once()

@@ -165,9 +165,10 @@ class SpeedNormalised(Backend):
         self.record["reading_s"] = round(self.record.get("reading_s", 0.0) + time.monotonic() - start, 3)
         return geomean_ratio(now, baseline)
 
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
+                    replicas: int = 1) -> Timing:
         self._read_if_due()
-        return self.inner.time_module(module, in_shape, copies).divided_by(self.slowdown)
+        return self.inner.time_module(module, in_shape, copies, replicas).divided_by(self.slowdown)
 
 
 def speed_normalised(backend: Backend, meta: LutMeta) -> Backend:

@@ -34,10 +34,11 @@ TIMING_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms", "count", "measu
 OPTIONAL_COLUMNS = {"slowdown": 1.0}
 """Columns added after format version 1 was fixed, with the value that LUTs written before them mean."""
 SETTING_FIELDS = ("backend", "dtype", "batch", "img_size", "threads", "layout")
-REGIME_FIELDS = {"cold_weights_mb": 0.0}
+REGIME_FIELDS = {"cold_weights_mb": 0.0, "op_replicas": 1}
 """Protocol fields that change what an op's latency means (not just how precisely it is known), with the value
 LUTs written before them mean: ops timed with warm and with cold weights (`measure.weight_copies`) differ by up
-to a fifth, so they are never mixed in one table."""
+to a fifth, and ONNX Runtime ops timed one or eight to a session run by its fixed cost per run, so they are never
+mixed in one table."""
 VERSION_FIELDS = ("backend_version", "torch_version")
 
 

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
@@ -44,7 +46,7 @@ from fastvit_nas.latency_lut import (
     validate,
 )
 from fastvit_nas.latency_lut import speed as speed_module
-from fastvit_nas.latency_lut.backends.onnxruntime import session, time_session
+from fastvit_nas.latency_lut.backends.onnxruntime import export_onnx, replicated, session, time_session
 from fastvit_nas.latency_lut.build import _interleave, new_meta
 from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, weight_copies
 from fastvit_nas.latency_lut.modules import op_module
@@ -66,14 +68,15 @@ class FakeBackend(Backend):
         super().__init__(**{"protocol": Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0), **kwargs})
         self.slowdown = slowdown
         self.calls: list[tuple[int, ...]] = []
-        self.copies: list[tuple[torch.nn.Module, int]] = []
+        self.copies: list[tuple[torch.nn.Module, int, int]] = []
 
     def version(self) -> str:
         return "0"
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
+                    replicas: int = 1) -> Timing:
         self.calls.append(tuple(in_shape))
-        self.copies.append((module, copies))
+        self.copies.append((module, copies, replicas))
         params = sum(p.numel() for p in module.parameters())
         ms = (1e-6 * params * math.prod(in_shape[1:]) ** 0.5 + 0.01) * self.slowdown
         return Timing(ms, ms, ms, 0.0, 1)
@@ -295,17 +298,19 @@ def test_weight_copies_fill_the_cold_footprint_within_bounds():
         Protocol(cold_weights_mb=-1.0)
 
 
-def test_ops_are_timed_through_weight_copies_and_networks_whole(tmp_path, tiny_specs):
-    """Every op gets the copies its weights need to fill the protocol's footprint; a network's own weights are
-    already what a forward pass streams through the cache, so it is timed as one module."""
-    protocol = Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, cold_weights_mb=0.1)
+def test_ops_are_timed_through_weight_copies_and_replicas_and_networks_whole(tmp_path, tiny_specs):
+    """Every op gets the copies its weights need to fill the protocol's footprint and the protocol's replicas per
+    call; a network's own weights are already what a forward pass streams through the cache, and it pays a
+    runtime's fixed cost per call once, so it is timed as one module."""
+    protocol = Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, cold_weights_mb=0.1, op_replicas=3)
     backend = FakeBackend(protocol=protocol)
     build_lut(tmp_path / "l.parquet", backend, specs=tiny_specs[:3], img_size=IMG, calibration_n=3)
-    networks = [copies for module, copies in backend.copies if isinstance(module, FastVitNas)]
-    ops_timed = [(module, copies) for module, copies in backend.copies if not isinstance(module, FastVitNas)]
-    assert networks == [1, 1, 1]
-    assert all(copies == weight_copies(module, protocol) for module, copies in ops_timed)
-    assert len({copies for _, copies in ops_timed}) > 2  # each by its own weights
+    networks = [(copies, replicas) for module, copies, replicas in backend.copies if isinstance(module, FastVitNas)]
+    ops_timed = [(module, copies, replicas) for module, copies, replicas in backend.copies
+                 if not isinstance(module, FastVitNas)]
+    assert networks == [(1, 1)] * 3
+    assert all(copies == weight_copies(module, protocol) and replicas == 3 for module, copies, replicas in ops_timed)
+    assert len({copies for _, copies, _ in ops_timed}) > 2  # each by its own weights
 
 
 def test_copies_run_in_turn_each_with_its_own_weights():
@@ -317,6 +322,46 @@ def test_copies_run_in_turn_each_with_its_own_weights():
     assert 0 < timing.latency_ms < 1e3
     assert len(seen) == Protocol.quick().warmup_calls + timing.count
     assert len(set(seen)) == 3 and seen == (seen[:3] * len(seen))[:len(seen)]
+
+
+def test_replicas_share_one_timed_call_and_keep_taking_turns():
+    """With 2 replicas a timed call runs two copies, the next call the following two: every module call is one
+    replica, and the copies still take turns."""
+    seen: list[int] = []
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    conv.register_forward_pre_hook(lambda module, _: seen.append(module.weight.data_ptr()))
+    backend = get_backend("torch", threads=1, protocol=Protocol.quick())
+    timing = backend.time_module(conv, (1, 8, 16, 16), copies=3, replicas=2)
+    assert 0 < timing.latency_ms < 1e3
+    assert len(seen) == 2 * (Protocol.quick().warmup_calls + timing.count)
+    assert len(set(seen)) == 3 and seen == (seen[:3] * len(seen))[:len(seen)]
+
+
+def test_op_replicas_default_by_backend_and_are_recorded():
+    assert get_backend("torch", threads=1).protocol.op_replicas == 1
+    ort_backend = get_backend("onnxruntime", threads=1)
+    assert ort_backend.protocol.op_replicas == 8 and new_meta(ort_backend, IMG, 1).protocol["op_replicas"] == 8
+    assert get_backend("onnxruntime", threads=1, protocol=Protocol(op_replicas=2)).protocol.op_replicas == 2
+    with pytest.raises(FastVitNasError, match="op_replicas"):
+        Protocol(op_replicas=0)
+
+
+def test_onnxruntime_replicas_run_side_by_side_in_one_session_each_with_its_own_weights(tmp_path):
+    """Three copies in one graph give three outputs, each the module's own, and the optimised session still runs
+    three convolutions: nothing that carries weights is merged."""
+    conv = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.GELU()).eval()
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.log_severity_level = 3
+    sess = onnxruntime.InferenceSession(replicated(export_onnx(conv, (1, 8, 12, 12)), 3), options,
+                                        providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 8, 12, 12)).astype("float32")
+    outputs = sess.run(None, {sess.get_inputs()[0].name: x})
+    with torch.no_grad():
+        expected = conv(torch.from_numpy(x)).numpy()
+    assert len(outputs) == 3 and all(np.allclose(out, expected, atol=1e-5) for out in outputs)
+    convs = [n for n in onnx.load(tmp_path / "optimised.onnx").graph.node if "Conv" in n.op_type]
+    assert len(convs) == 3 and len({n.input[1] for n in convs}) == 3
 
 
 def test_onnxruntime_times_ops_with_warm_weights_and_says_so():
@@ -337,6 +382,20 @@ def test_warm_and_cold_weight_timings_are_never_mixed(tmp_path, tiny_specs):
     build_lut(path, FakeBackend(protocol=warm), specs=tiny_specs[1:2], img_size=IMG, calibration_n=0)
     with pytest.raises(LutError, match=r"cold_weights_mb=0\.0 but this run has cold_weights_mb=64\.0"):
         build_lut(path, FakeBackend(protocol=dataclasses.replace(warm, cold_weights_mb=64.0)), specs=tiny_specs[2:3],
+                  img_size=IMG, calibration_n=0)
+
+
+def test_ops_timed_one_and_several_to_a_call_are_never_mixed(tmp_path, tiny_specs):
+    """A LUT written before replicas were recorded timed one op per call: extending it so works, 8 is refused."""
+    path = tmp_path / "l.parquet"
+    single = Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, op_replicas=1)
+    build_lut(path, FakeBackend(protocol=single), specs=tiny_specs[:1], img_size=IMG, calibration_n=0)
+    table = LatencyTable.load(path)
+    del table.meta.protocol["op_replicas"]
+    table.save(path)
+    build_lut(path, FakeBackend(protocol=single), specs=tiny_specs[1:2], img_size=IMG, calibration_n=0)
+    with pytest.raises(LutError, match=r"op_replicas=1 but this run has op_replicas=8"):
+        build_lut(path, FakeBackend(protocol=dataclasses.replace(single, op_replicas=8)), specs=tiny_specs[2:3],
                   img_size=IMG, calibration_n=0)
 
 
@@ -444,10 +503,11 @@ class SteppingBackend(FakeBackend):
         super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=0.0))  # read before every item
         self.at, self.after = at, after
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
+                    replicas: int = 1) -> Timing:
         if len(self.calls) >= self.at:
             self.slowdown = self.after
-        return super().time_module(module, in_shape, copies)
+        return super().time_module(module, in_shape, copies, replicas)
 
 
 def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, tiny_specs):
@@ -604,10 +664,11 @@ class SpellBackend(FakeBackend):
         super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=calm_wait_s))  # read every item
         self.clock, self.at, self.until = clock, at, until
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
+                    replicas: int = 1) -> Timing:
         self.clock.now += 0.01
         self.slowdown = 1.5 if len(self.calls) >= self.at and self.clock.now < self.until else 1.0
-        return super().time_module(module, in_shape, copies)
+        return super().time_module(module, in_shape, copies, replicas)
 
 
 def test_ops_timed_in_a_slow_spell_are_timed_again_once_it_ends(tmp_path, tiny_specs, clock):

@@ -32,6 +32,8 @@ class Backend(ABC):
     """Runs and times modules on one device with fixed dtype and thread count."""
 
     name: ClassVar[str]
+    default_op_replicas: ClassVar[int] = 1
+    """Copies of an op per timed call when the protocol leaves it open (`Protocol.op_replicas`)."""
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 2,
                  protocol: Protocol | None = None) -> None:
@@ -45,7 +47,8 @@ class Backend(ABC):
         self.dtype = canonical_dtype(dtype)
         self.threads = threads
         protocol = protocol or Protocol()
-        self.protocol = replace(protocol, allocator=apply_allocator(protocol.allocator))
+        self.protocol = replace(protocol, allocator=apply_allocator(protocol.allocator),
+                                op_replicas=protocol.op_replicas or self.default_op_replicas)
 
     def fingerprint(self) -> dict[str, str | int]:
         return fingerprint(self.device, self.threads)
@@ -55,11 +58,13 @@ class Backend(ABC):
         """The runtime's version, recorded beside every LUT it measures."""
 
     @abstractmethod
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
+                    replicas: int = 1) -> Timing:
         """Latency of `module` (an fp32 eval-mode CPU module) on a random input of `in_shape`, by the protocol.
 
         With `copies` > 1, that many copies of the module (with their own weights) run in turn, one per call:
-        how ops are timed with their weights out of the cache (`measure.weight_copies`).
+        how ops are timed with their weights out of the cache (`measure.weight_copies`). With `replicas` > 1, one
+        timed call runs that many copies and the latency is one copy's share (`Protocol.op_replicas`).
         """
 
     def settled(self, timing: Timing) -> bool:

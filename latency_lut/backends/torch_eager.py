@@ -47,12 +47,14 @@ class TorchEager(Backend):
     def version(self) -> str:
         return torch.__version__
 
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1) -> Timing:
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
+                    replicas: int = 1) -> Timing:
         dtype = getattr(torch, self.dtype)
         module = module.eval().to(device=self.device, dtype=dtype)
         modules = [module, *(copy.deepcopy(module) for _ in range(copies - 1))]
         x = torch.randn(in_shape, device=self.device, dtype=dtype)
         with _torch_threads(self.threads), torch.inference_mode():
-            call = round_robin([functools.partial(m, x) for m in modules])
+            turn = round_robin([functools.partial(m, x) for m in modules])
+            call = turn if replicas == 1 else lambda: [turn() for _ in range(replicas)]
             run = _cuda_events(call) if self.device == "cuda" else wall_clock(call)
-            return measure(run, self.protocol)
+            return measure(run, self.protocol, replicas)
