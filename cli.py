@@ -207,7 +207,7 @@ def _lut_export_ops(args: argparse.Namespace) -> None:
     space = _lut_space(args)
     specs = _lut_specs(args) + (space_specs(space, args.img_size, args.batch, args.seed) if space else [])
     calib = space.sample(args.calib, CALIBRATION_SEED) if space else []
-    print(export_ops(Path(args.out), specs, args.img_size, args.batch, calib))
+    print(export_ops(Path(args.out), specs, args.img_size, args.batch, calib, args.op_replicas))
 
 
 def _lut_import(args: argparse.Namespace) -> None:
@@ -286,6 +286,9 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=_lut_predict)
     export = actions.add_parser("export-ops", help="write each op as ONNX + manifest, to time on another device")
     _add_lut_source_args(export)
+    export.add_argument("--op-replicas", type=int, default=1,
+                        help="copies of each op side by side in its file, so the device's fixed cost per run is "
+                             "shared among them (8 matches --backend onnxruntime here); the import divides")
     export.add_argument("--out", required=True, help="output folder")
     export.set_defaults(func=_lut_export_ops)
     imp = actions.add_parser("import", help="build a LUT from latencies measured on another device")

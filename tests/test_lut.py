@@ -175,9 +175,11 @@ def test_export_ops_onnxruntime_stand_in_import_matches_direct_lut(tmp_path, tin
     """
     img, specs = 128, tiny_specs[:8]
     calib = specs[:4]
-    manifest = export_ops(tmp_path / "export", specs, img, 1, calibration=calib)
+    replicas = get_backend("onnxruntime").protocol.op_replicas
+    manifest = export_ops(tmp_path / "export", specs, img, 1, calibration=calib, op_replicas=replicas)
     entries = json.loads(manifest.read_text())["entries"]
     assert {e["key"] for e in entries if e["kind"] == "op"} == set(unique_ops(specs, img))
+    assert {e["replicas"] for e in entries if e["kind"] == "op"} == {replicas}
     protocol = Protocol(warmup_calls=2, min_reps=10, max_reps=40, max_s=0.5, estimator="min", passes=3)
     timings = best_of_passes(entries, lambda e: time_session(session(str(tmp_path / "export" / e["file"]), "cpu", 1),
                                                              protocol), protocol.passes)
@@ -191,12 +193,22 @@ def test_export_ops_onnxruntime_stand_in_import_matches_direct_lut(tmp_path, tin
               calibration_n=0)
     table = LatencyTable.load(imported)
     assert table.meta.device == {"kind": "external", "name": "stand-in phone"}
+    assert table.meta.protocol["op_replicas"] == replicas
+    assert table.latencies()[entries[0]["key"]] == pytest.approx(timings[0].latency_ms / replicas)
     assert table.meta.calibration["fit"]["points"] == 4
     via_device = Predictor(table).predict_many(specs, calibrated=False)
     here = Predictor(LatencyTable.load(direct)).predict_many(specs, calibrated=False)
     assert np.median(np.abs(via_device - here) / here) < 0.3, (via_device, here)
     assert spearmanr(via_device, here).statistic >= 0.8
     assert Predictor(table).predict_many(specs).min() > 0
+
+
+def test_bad_op_replicas_get_one_line(tmp_path, capsys):
+    assert main(["lut", "export-ops", "--space", "tiny", "--op-replicas", "0", "--out", str(tmp_path / "e")]) == 2
+    assert main(["lut", "build", "--space", "tiny", "--op-replicas", "0", "--out", str(tmp_path / "l.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("op_replicas" in line or "op-replicas" in line for line in err)
+    assert not (tmp_path / "l.parquet").exists()
 
 
 def test_import_refuses_wrong_columns_and_units(tmp_path, tiny_specs, capsys):
@@ -322,6 +334,18 @@ def test_copies_run_in_turn_each_with_its_own_weights():
     assert 0 < timing.latency_ms < 1e3
     assert len(seen) == Protocol.quick().warmup_calls + timing.count
     assert len(set(seen)) == 3 and seen == (seen[:3] * len(seen))[:len(seen)]
+
+
+def test_calibration_networks_are_timed_among_the_ops(tmp_path, tiny_specs):
+    """Spread evenly through the sweep, the calibration networks meet the host in the states the ops met: a slow
+    spell at the end of a build can no longer hold all of them."""
+    backend = FakeBackend()
+    report = build_lut(tmp_path / "l.parquet", backend, specs=tiny_specs[:4], calibration=tiny_specs[4:8],
+                       img_size=IMG)
+    is_network = [isinstance(module, FastVitNas) for module, *_ in backend.copies]
+    assert report.calibration_measured == 4 and sum(is_network) == 4
+    np.testing.assert_allclose(np.flatnonzero(is_network) / len(is_network), [0.125, 0.375, 0.625, 0.875], atol=0.05)
+    assert LatencyTable.load(tmp_path / "l.parquet").meta.calibration["fit"]["points"] == 4
 
 
 def test_replicas_share_one_timed_call_and_keep_taking_turns():
@@ -523,7 +547,7 @@ def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, t
     points = table.meta.calibration["points"]
     np.testing.assert_allclose([p["measured_ms"] for p in points],
                                [p["measured_ms"] for p in truth.meta.calibration["points"]], rtol=1e-9)
-    assert {round(p["slowdown"], 6) for p in points} == {1.4}
+    assert {round(p["slowdown"], 6) for p in points} == {1.0, 1.4}  # timed among the ops, before and after the step
     report = validate(stepped, held_out, backend=SteppingBackend(at=0, after=2.0))
     assert report.slowdowns == pytest.approx([2.0] * len(held_out))
     assert report.mape == pytest.approx(validate(steady, held_out, backend=FakeBackend()).mape)

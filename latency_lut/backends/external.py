@@ -3,7 +3,9 @@
 `export_ops` writes every unique op (and a few whole networks, for calibration) as a standalone ONNX model
 with a static input shape, plus a manifest; the user times them on the device with any tool and returns a
 CSV with columns `key,latency_ms`; `import_results` turns that into a LUT whose fingerprint is the device
-name given, calibrated when the networks were timed too.
+name given, calibrated when the networks were timed too. With `op_replicas` > 1 each op file holds that many
+copies side by side (`onnxruntime.replicated`), as ONNX Runtime times ops here, so a runtime's fixed cost per
+run is not charged to every op; the user times each file as it is, and the import divides.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..measure import Timing
 from ..modules import op_module
 from ..ops import Op, unique_ops
 from ..table import LatencyTable, LutMeta
-from .onnxruntime import OPSET, export_onnx
+from .onnxruntime import OPSET, export_onnx, replicated
 
 MANIFEST_VERSION = 1
 NETWORK_PREFIX = "network-"
@@ -33,16 +35,18 @@ RESULT_COLUMNS = ("key", "latency_ms")
 
 
 def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int,
-               calibration: list[ArchSpec] = ()) -> Path:
+               calibration: list[ArchSpec] = (), op_replicas: int = 1) -> Path:
     """Write `out/ops/*.onnx`, `out/networks/*.onnx`, `manifest.json`, `manifest.csv`; returns the JSON path."""
+    if op_replicas < 1:
+        raise FastVitNasError(f"--op-replicas: must be >= 1, got {op_replicas}")
     out = Path(out)
     (out / "ops").mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
     for op in unique_ops(list(specs) + list(calibration), img_size, batch).values():
         name = f"ops/op_{len(entries):05d}.onnx"
-        (out / name).write_bytes(export_onnx(op_module(op), op.in_shape))
+        (out / name).write_bytes(replicated(export_onnx(op_module(op), op.in_shape), op_replicas))
         entries.append({"key": op.key, "kind": "op", "file": name, "input_shape": list(op.in_shape),
-                        **op.columns()})
+                        "replicas": op_replicas, **op.columns()})
     if calibration:
         (out / "networks").mkdir(exist_ok=True)
     for spec in calibration:
@@ -53,7 +57,9 @@ def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int,
                         "input_shape": list(shape), "spec": spec.to_dict()})
     manifest = {"manifest_version": MANIFEST_VERSION, "img_size": img_size, "batch": batch, "dtype": "float32",
                 "layout": "NCHW", "format": "onnx", "opset": OPSET, "torch_version": torch.__version__,
-                "results": "CSV with columns key,latency_ms (milliseconds, one row per entry)", "entries": entries}
+                "op_replicas": op_replicas,
+                "results": "CSV with columns key,latency_ms (milliseconds per run of the file, one row per entry; "
+                           "an op file holds `replicas` copies, and the import divides by them)", "entries": entries}
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     with (out / "manifest.csv").open("w", newline="") as f:
@@ -115,14 +121,16 @@ def import_results(results: Path, manifest_path: Path, device_name: str, out: Pa
     meta = LutMeta(backend="external", backend_version=runtime, torch_version=manifest["torch_version"],
                    device={"kind": "external", "name": device_name}, dtype=manifest["dtype"],
                    batch=manifest["batch"], img_size=manifest["img_size"], threads=None, layout=manifest["layout"],
-                   protocol={"source": "external", "results": Path(results).name})
+                   protocol={"source": "external", "results": Path(results).name,
+                             "op_replicas": manifest.get("op_replicas", 1)})
     table = LatencyTable(meta)
     if Path(out).exists():
         table = LatencyTable.load(out)
         table.meta.check_compatible(meta, str(out))
     op_columns = set(Op.__dataclass_fields__) - {"module_path"}
+    shares = {k: ms / entries[k].get("replicas", 1) for k, ms in latencies.items() if entries[k]["kind"] == "op"}
     new = [(Op(**{name: v for name, v in entries[k].items() if name in op_columns}), Timing(ms, ms, ms, 0.0, 1))
-           for k, ms in latencies.items() if entries[k]["kind"] == "op" and k not in table]
+           for k, ms in shares.items() if k not in table]
     table.add(new)
     points = [{"arch_id": entries[k]["key"][len(NETWORK_PREFIX):], "spec": entries[k]["spec"], "measured_ms": ms}
               for k, ms in latencies.items() if entries[k]["kind"] == "network"]
