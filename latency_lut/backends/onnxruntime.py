@@ -7,9 +7,11 @@ with a host input, for ops and networks alike, so transfer costs cancel in the c
 A session run has a fixed cost (binding inputs and outputs, starting the thread pool) that a network pays once
 and an op timed alone pays in full, and it weighs most on the smallest ops. So ops are timed as
 `Protocol.op_replicas` (default 8) copies side by side in one graph, each reading the same input, and each
-copy's share of the run is its latency. On the reference host (2 threads, 24 default-space networks at 128 px,
-affine calibration scored by leave-one-out, two separate windows) this took the networks' error from a MAPE of
-7.6-7.7 % (62-67 % within ±10 %) with one op per run to 4.4-4.6 % (92-96 %) with eight.
+copy's share of the run is its latency. On the reference host (2 threads, 24 default-space networks, affine
+calibration scored by leave-one-out, variants timed side by side) this took the networks' error from a MAPE of
+7.6-9.2 % (62-71 % within ±10 %) with one op per run to 4.4-5.7 % (83-96 %) with eight at 128 px, in four
+windows, and from 3.6 % to 2.6 % at 256 px. Sixteen or 32 copies did no better at 128 px, and 8 copies sharing
+one set of weights lost most of the gain (6.8 %).
 """
 
 from __future__ import annotations
