@@ -152,13 +152,9 @@ def measure(run_once: Callable[[], float], protocol: Protocol, replicas: int = 1
     so replicas do not multiply a build's time.
     """
     if replicas > 1:
-        protocol = replace(protocol, **{name: math.ceil(getattr(protocol, name) / replicas)
-                                        for name in ("warmup_calls", "min_reps", "max_reps", "round_size")})
-        timed = run_once
-
-        def run_once() -> float:
-            return timed() / replicas
-
+        shared = replace(protocol, **{name: math.ceil(getattr(protocol, name) / replicas)
+                                      for name in ("warmup_calls", "min_reps", "max_reps", "round_size")})
+        return measure(lambda: run_once() / replicas, shared)
     start = time.perf_counter()
     for _ in range(protocol.warmup_calls):
         run_once()
