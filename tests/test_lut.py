@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import resource
 import subprocess
 import sys
@@ -325,14 +326,17 @@ def test_ops_are_timed_through_weight_copies_and_replicas_and_networks_whole(tmp
     assert len({copies for _, copies, _ in ops_timed}) > 2  # each by its own weights
 
 
-def test_copies_run_in_turn_each_with_its_own_weights():
-    """No call finds the weights of the call before: the copies take turns, warm-up and timed calls alike."""
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_copies_run_in_turn_each_with_its_own_weights(replicas):
+    """No call finds the weights of the call before: the copies take turns, warm-up and timed calls alike. With 2
+    replicas a timed call runs two copies, the next call the following two: every module call is one replica."""
     seen: list[int] = []
     conv = torch.nn.Conv2d(8, 8, 3, padding=1)
     conv.register_forward_pre_hook(lambda module, _: seen.append(module.weight.data_ptr()))
-    timing = get_backend("torch", threads=1, protocol=Protocol.quick()).time_module(conv, (1, 8, 16, 16), copies=3)
+    backend = get_backend("torch", threads=1, protocol=Protocol.quick())
+    timing = backend.time_module(conv, (1, 8, 16, 16), copies=3, replicas=replicas)
     assert 0 < timing.latency_ms < 1e3
-    assert len(seen) == Protocol.quick().warmup_calls + timing.count
+    assert len(seen) == replicas * (Protocol.quick().warmup_calls + timing.count)
     assert len(set(seen)) == 3 and seen == (seen[:3] * len(seen))[:len(seen)]
 
 
@@ -346,19 +350,6 @@ def test_calibration_networks_are_timed_among_the_ops(tmp_path, tiny_specs):
     assert report.calibration_measured == 4 and sum(is_network) == 4
     np.testing.assert_allclose(np.flatnonzero(is_network) / len(is_network), [0.125, 0.375, 0.625, 0.875], atol=0.05)
     assert LatencyTable.load(tmp_path / "l.parquet").meta.calibration["fit"]["points"] == 4
-
-
-def test_replicas_share_one_timed_call_and_keep_taking_turns():
-    """With 2 replicas a timed call runs two copies, the next call the following two: every module call is one
-    replica, and the copies still take turns."""
-    seen: list[int] = []
-    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
-    conv.register_forward_pre_hook(lambda module, _: seen.append(module.weight.data_ptr()))
-    backend = get_backend("torch", threads=1, protocol=Protocol.quick())
-    timing = backend.time_module(conv, (1, 8, 16, 16), copies=3, replicas=2)
-    assert 0 < timing.latency_ms < 1e3
-    assert len(seen) == 2 * (Protocol.quick().warmup_calls + timing.count)
-    assert len(set(seen)) == 3 and seen == (seen[:3] * len(seen))[:len(seen)]
 
 
 def test_op_replicas_default_by_backend_and_are_recorded():
@@ -395,31 +386,19 @@ def test_onnxruntime_times_ops_with_warm_weights_and_says_so():
         backend.time_module(torch.nn.Conv2d(8, 8, 3), (1, 8, 16, 16), copies=2)
 
 
-def test_warm_and_cold_weight_timings_are_never_mixed(tmp_path, tiny_specs):
-    """A LUT written before the regime was recorded means warm weights: extending it warm works, cold is refused."""
+@pytest.mark.parametrize("field, before, other", [("cold_weights_mb", 0.0, 64.0), ("op_replicas", 1, 8)])
+def test_measuring_regimes_are_never_mixed(tmp_path, tiny_specs, field, before, other):
+    """A LUT written before a regime field was recorded means its old value (warm weights, one op per call):
+    extending it so works, the other regime is refused."""
     path = tmp_path / "l.parquet"
-    warm = Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, cold_weights_mb=0.0)
-    build_lut(path, FakeBackend(protocol=warm), specs=tiny_specs[:1], img_size=IMG, calibration_n=0)
+    old = Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, **{field: before})
+    build_lut(path, FakeBackend(protocol=old), specs=tiny_specs[:1], img_size=IMG, calibration_n=0)
     table = LatencyTable.load(path)
-    del table.meta.protocol["cold_weights_mb"]
+    del table.meta.protocol[field]
     table.save(path)
-    build_lut(path, FakeBackend(protocol=warm), specs=tiny_specs[1:2], img_size=IMG, calibration_n=0)
-    with pytest.raises(LutError, match=r"cold_weights_mb=0\.0 but this run has cold_weights_mb=64\.0"):
-        build_lut(path, FakeBackend(protocol=dataclasses.replace(warm, cold_weights_mb=64.0)), specs=tiny_specs[2:3],
-                  img_size=IMG, calibration_n=0)
-
-
-def test_ops_timed_one_and_several_to_a_call_are_never_mixed(tmp_path, tiny_specs):
-    """A LUT written before replicas were recorded timed one op per call: extending it so works, 8 is refused."""
-    path = tmp_path / "l.parquet"
-    single = Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, op_replicas=1)
-    build_lut(path, FakeBackend(protocol=single), specs=tiny_specs[:1], img_size=IMG, calibration_n=0)
-    table = LatencyTable.load(path)
-    del table.meta.protocol["op_replicas"]
-    table.save(path)
-    build_lut(path, FakeBackend(protocol=single), specs=tiny_specs[1:2], img_size=IMG, calibration_n=0)
-    with pytest.raises(LutError, match=r"op_replicas=1 but this run has op_replicas=8"):
-        build_lut(path, FakeBackend(protocol=dataclasses.replace(single, op_replicas=8)), specs=tiny_specs[2:3],
+    build_lut(path, FakeBackend(protocol=old), specs=tiny_specs[1:2], img_size=IMG, calibration_n=0)
+    with pytest.raises(LutError, match=re.escape(f"{field}={before!r} but this run has {field}={other!r}")):
+        build_lut(path, FakeBackend(protocol=dataclasses.replace(old, **{field: other})), specs=tiny_specs[2:3],
                   img_size=IMG, calibration_n=0)
 
 
