@@ -197,8 +197,8 @@ def refit(table: LatencyTable, points: list[dict]) -> None:
         table.meta.calibration = {"points": points}
         return
     specs = [ArchSpec.from_dict(p["spec"]) for p in points]
-    sums = Predictor(table).op_sums(specs)
-    fit = fit_calibration(sums, np.array([p["measured_ms"] for p in points]))
+    sums, calls = Predictor(table).op_totals(specs)
+    fit = fit_calibration(sums, calls, np.array([p["measured_ms"] for p in points]))
     table.meta.calibration = {"points": points, "fit": fit.to_dict()}
 
 

@@ -199,8 +199,9 @@ class LatencyTable:
         fit = (m.calibration or {}).get("fit")
         if fit:
             scales = ", ".join(f"{t} {v:.3f}" for t, v in fit["scales"].items())
+            per_call = "".join(f", {t} {v:.4f} ms per call" for t, v in fit.get("call_ms", {}).items() if v)
             lines.append(f"calibration {fit['model']} on {fit['points']} networks: offset {fit['offset_ms']:.3f} ms, "
-                         f"scales {scales}; fit MAPE {fit['fit_mape']:.2f} %, leave-one-out MAPE "
+                         f"scales {scales}{per_call}; fit MAPE {fit['fit_mape']:.2f} %, leave-one-out MAPE "
                          f"{fit['loo_mape']:.2f} %"
                          + (f"; recalibrated {m.calibration['recalibrated_at']}"
                             if m.calibration.get("recalibrated_at") else ""))

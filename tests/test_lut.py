@@ -31,7 +31,9 @@ from fastvit_nas.fastvit.model import FastVitNas, build_model
 from fastvit_nas.fastvit.presets import PRESETS
 from fastvit_nas.fastvit.spec import ArchSpec
 from fastvit_nas.latency_lut import (
+    OP_TYPES,
     Backend,
+    Calibration,
     LatencyTable,
     LutError,
     Predictor,
@@ -39,6 +41,7 @@ from fastvit_nas.latency_lut import (
     Timing,
     build_lut,
     export_ops,
+    fit_calibration,
     get_backend,
     op_counts,
     ops,
@@ -277,6 +280,42 @@ def test_cuda_without_gpu_is_one_clear_line(tmp_path, capsys):
         assert len(err) == 1 and "cuda" in err[0].lower()
 
 
+# ---- calibration ------------------------------------------------------------------------------------------
+def _networks(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-type op sums and calls of `n` made-up networks: 1-24 calls of each type at 0.01-0.5 ms each."""
+    rng = np.random.default_rng(seed)
+    calls = rng.integers(1, 25, size=(n, len(OP_TYPES))).astype(float)
+    return calls * rng.uniform(0.01, 0.5, size=calls.shape), calls
+
+
+@pytest.mark.parametrize("att_call_ms", [0.0, 0.3])
+def test_calibration_adds_a_per_call_cost_only_where_the_points_need_one(att_call_ms):
+    """Networks that pay a fixed cost per attention block beyond their op sums (as ONNX Runtime's do) get the
+    per-call model and its cost; networks without one keep the single scale, noise notwithstanding."""
+    att = OP_TYPES.index("attention_block")
+    rng = np.random.default_rng(3)
+
+    def measure(sums: np.ndarray, calls: np.ndarray) -> np.ndarray:
+        truth = 0.2 + 1.15 * sums.sum(axis=1) + att_call_ms * calls[:, att]
+        return truth * rng.normal(1.0, 0.005, len(truth))
+
+    sums, calls = _networks(12, seed=0)
+    fit = fit_calibration(sums, calls, measure(sums, calls))
+    if att_call_ms:
+        assert fit.model == "per_call"
+        assert fit.call_ms[att] == pytest.approx(att_call_ms, rel=0.25)
+    else:
+        assert fit.model == "global" and not any(fit.call_ms)
+    held_sums, held_calls = _networks(200, seed=1)
+    error = np.abs(fit.apply(held_sums, held_calls) / measure(held_sums, held_calls) - 1)
+    assert error.mean() < 0.01
+    stored = Calibration.from_dict({"fit": fit.to_dict()})
+    assert stored == fit
+    older = fit.to_dict()
+    del older["call_ms"]
+    assert Calibration.from_dict({"fit": older}).call_ms == (0.0,) * len(OP_TYPES)
+
+
 # ---- real measurements and prediction ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_lut(tmp_path_factory, tiny_specs) -> Path:
@@ -427,8 +466,9 @@ def test_measurement_reuses_freed_memory_instead_of_faulting_pages_in_every_call
 
 
 def test_deeper_or_wider_is_never_predicted_faster(real_lut, tiny_specs, tmp_path):
-    """Deeper: guaranteed for any LUT by positive calibration scales. Wider: checked on the measured LUT and on
-    a noise-free one (the fake backend), since two noisy timings of similar tiny ops may come out inverted."""
+    """Deeper: guaranteed for any LUT by positive calibration scales and non-negative per-call costs. Wider:
+    checked on the measured LUT and on a noise-free one (the fake backend), since two noisy timings of similar
+    tiny ops may come out inverted."""
     fake = tmp_path / "fake.parquet"
     specs = tiny_specs + [t for s in tiny_specs for t in _twins(s)]
     build_lut(fake, FakeBackend(), specs=specs, img_size=IMG, calibration_n=6)
@@ -439,6 +479,7 @@ def test_deeper_or_wider_is_never_predicted_faster(real_lut, tiny_specs, tmp_pat
         wider = predictor.predict_many([_twins(s)[1] for s in tiny_specs])
         assert (deeper > base).all()
         assert all(v > 0 for v in predictor.calibration.scales)
+        assert all(v >= 0 for v in predictor.calibration.call_ms)
         if path == fake:
             assert (wider > base).all()
         else:  # all widths doubled: 2-4x the FLOPs, a margin far above the timing noise
