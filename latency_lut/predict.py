@@ -13,8 +13,10 @@ parameters they cannot support. The per-call model is there for ONNX Runtime: on
 blocks run slower inside a network than alone, by a roughly constant amount per block (the profiler puts it in
 the attention's matrix products, 1.7 times slower in the network while the convolutions match), which one
 scale cannot express. Refitting the stored calibration points of six ONNX Runtime tables with it moved their
-held-out networks within ±10 % from 88 to 96 % and 74 to 94 % (run U, 128 and 256 px), 64 to 72 % (run X) and
-left the others unchanged; none of the six torch tables chose it.
+held-out networks within ±10 % from 88 to 96 % and 74 to 94 % (`benchmarks/results/lut_fidelity_ort_replicas.json`,
+128 and 256 px, the calmest host), 64 to 72 % (`lut_fidelity_ort_interleaved_128.json`) and left the others
+unchanged; none of the six torch tables chose it. Chosen in two later builds on noisier hosts, it cost 12 and 6
+points against the single scale.
 
 Predicting many specs is vectorized: each spec becomes a few (op type, ms, count) triples through the cached
 decomposition, and numpy sums them per op type.
