@@ -163,6 +163,8 @@ def _lut_build(args: argparse.Namespace) -> None:
                        img_size=args.img_size, batch=args.batch, calibration_n=args.calib, seed=args.seed,
                        progress=True)
     print(json.dumps(dataclasses.asdict(report), indent=2))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _lut_validate(args: argparse.Namespace) -> None:

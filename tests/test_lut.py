@@ -51,7 +51,7 @@ from fastvit_nas.latency_lut import (
 )
 from fastvit_nas.latency_lut import speed as speed_module
 from fastvit_nas.latency_lut.backends.onnxruntime import export_onnx, replicated, session, time_session
-from fastvit_nas.latency_lut.build import _interleave, new_meta
+from fastvit_nas.latency_lut.build import CALIBRATION_LOO_WARN, _interleave, new_meta
 from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, weight_copies
 from fastvit_nas.latency_lut.modules import op_module
 from fastvit_nas.latency_lut.ops import probe_spec, stage_ops
@@ -393,6 +393,35 @@ def test_calibration_networks_are_timed_among_the_ops(tmp_path, tiny_specs):
     assert report.calibration_measured == 4 and sum(is_network) == 4
     np.testing.assert_allclose(np.flatnonzero(is_network) / len(is_network), [0.125, 0.375, 0.625, 0.875], atol=0.05)
     assert LatencyTable.load(tmp_path / "l.parquet").meta.calibration["fit"]["points"] == 4
+
+
+class OpSumNetworks(FakeBackend):
+    """Networks timed at 1.2 times the sum of their ops' fake times, as a steady host gives; with `scatter`, at
+    0.6-1.4 times in a fixed scattered order, as if the host's speed had changed between the ops and the networks."""
+
+    def __init__(self, scatter: bool) -> None:
+        super().__init__()
+        self.scatter = scatter
+
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
+                    replicas: int = 1) -> Timing:
+        if not isinstance(module, FastVitNas):
+            return super().time_module(module, in_shape, copies, replicas)
+        ops_ms = sum(super(OpSumNetworks, self).time_module(op_module(op), op.in_shape).latency_ms * count
+                     for op, count in op_counts(module.spec, in_shape[-1], in_shape[0]))
+        ms = ops_ms * (0.6 + 0.8 * (len(self.calls) * 0.618 % 1) if self.scatter else 1.2)
+        return Timing(ms, ms, ms, 0.0, 1)
+
+
+def test_a_build_whose_calibration_fits_badly_warns(tmp_path, tiny_specs):
+    """Networks in step with their op sums fit (no warning); networks scattered against them fit badly, and the
+    build says so in its report, while still writing the LUT."""
+    reports = {scatter: build_lut(tmp_path / f"{scatter}.parquet", OpSumNetworks(scatter), specs=tiny_specs,
+                                  calibration=tiny_specs[:8], img_size=IMG) for scatter in (False, True)}
+    assert reports[False].warnings == [] and reports[False].calibration["loo_mape"] < 1.0
+    assert reports[True].calibration["loo_mape"] > CALIBRATION_LOO_WARN
+    assert len(reports[True].warnings) == 1 and "lut validate" in reports[True].warnings[0]
+    assert LatencyTable.load(tmp_path / "True.parquet").meta.calibration["fit"]["points"] == 8
 
 
 def test_op_replicas_default_by_backend_and_are_recorded():
