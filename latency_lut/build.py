@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,11 @@ class BuildReport:
     calibration_measured: int
     calibration: dict
     seconds: float
-    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Derived from the fit, not stored beside it, so a report cannot disagree with its own figures."""
+        return calibration_warnings(self.calibration)
 
 
 CALIBRATION_LOO_WARN = 8.0
@@ -247,7 +251,6 @@ def build_lut(out: Path, backend: Backend, *, specs: list[ArchSpec] | None = Non
     if calibration:
         refit(table, [*points, *(_calibration_point(spec, t) for spec, t in zip(todo, timings, strict=True))])
     table.save(out)
-    fit = (table.meta.calibration or {}).get("fit", {})
     return BuildReport(path=str(out), unique_ops=unique, measured=measured, reused=unique - measured,
-                       calibration_measured=len(todo), calibration=fit, seconds=time.monotonic() - start,
-                       warnings=calibration_warnings(fit))
+                       calibration_measured=len(todo), calibration=(table.meta.calibration or {}).get("fit", {}),
+                       seconds=time.monotonic() - start)
