@@ -18,6 +18,13 @@ than `STEP` away and a second reading confirms it (`read`). With confirmation, f
 host scored as well or up to 32 points better within ±10 % than without, one 8 points worse (runs I and J of the
 project's notes); `Protocol.reference_s` 0 turns it off.
 
+The reference ops are timed as the ops are: `Protocol.op_replicas` copies per timed call (eight for ONNX Runtime).
+Read as one copy per session run, the ONNX Runtime reference saw a third of the host's slow spells: 1.08 while
+ops, each timed in a fresh session as a build times them, ran 1.32 times slower and networks 1.24 times, inside
+`CALM_BAND`, so the spells passed for calm; its readings correlated 0.58 with the networks' level. Read as eight
+copies: 1.22 and 0.84, and divided by it the ops' and networks' timings varied by 13.7 % and 8.5 % (std of log
+time over ten minutes) against 17.1 % and 12.0 % divided by the single copies and 19.7 % and 14.4 % as measured.
+
 A division is still an approximation. The slow spells took the host's second core (single-thread timings stayed
 within 1-2 % through them), and each op suffers by how parallel it is. So an item whose every sweep fell in a slow
 spell is timed again after the sweeps, once the host is calm (`SpeedNormalised.await_calm`, up to
@@ -36,7 +43,7 @@ from .backends.base import Backend
 from .measure import Timing, geomean_ratio
 from .modules import op_module
 from .ops import unique_ops
-from .table import LutMeta
+from .table import LutMeta, reference_replicas
 
 REFERENCE = "sa12"
 """The preset whose ops are the speed reference: RepMixer and attention blocks, and every other op type."""
@@ -67,10 +74,10 @@ class SpeedNormalised(Backend):
         self.inner = inner
         self.name = inner.name
         self.device, self.dtype, self.threads, self.protocol = inner.device, inner.dtype, inner.threads, inner.protocol
-        self.timers = {op.key: inner.prepare(op_module(op), op.in_shape)
+        self.record = meta.speed_reference = meta.speed_reference or {
+            "network": REFERENCE, "replicas": inner.protocol.op_replicas, "baseline_ms": {}, "trace": []}
+        self.timers = {op.key: inner.prepare(op_module(op), op.in_shape, reference_replicas(self.record))
                        for op in unique_ops([PRESETS[REFERENCE]], meta.img_size, meta.batch).values()}
-        self.record = meta.speed_reference = meta.speed_reference or {"network": REFERENCE, "baseline_ms": {},
-                                                                      "trace": []}
         self.slowdown = 1.0
         self.calm = 1.0
         """The fastest confirmed level so far: the host's speed when nothing else takes its cores."""

@@ -113,6 +113,12 @@ class LutMeta:
             raise LutError(f"{where}: LUT metadata does not match format version {FORMAT_VERSION} ({exc})") from None
 
 
+def reference_replicas(record: dict[str, Any]) -> int:
+    """Copies of each speed-reference op per timed call (`speed.py`): the ops' own (`Protocol.op_replicas`) in a
+    new LUT, one in LUTs whose reference predates the field, which go on reading it as their baseline was read."""
+    return int(record.get("replicas", 1))
+
+
 def speed_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """The host's slowdown over a LUT's reference readings (`speed.py`), or None without any: how many, when, their
     median and range, how many confirmed levels the timings were divided by, the seconds the readings took, and how
@@ -121,7 +127,8 @@ def speed_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if not trace:
         return None
     values = np.array([entry[1] for entry in trace])
-    return {"network": record["network"], "readings": len(values), "first": trace[0][0], "last": trace[-1][0],
+    return {"network": record["network"], "replicas": reference_replicas(record), "readings": len(values),
+            "first": trace[0][0], "last": trace[-1][0],
             "min": float(values.min()), "median": float(np.median(values)), "max": float(values.max()),
             "levels": len({entry[-1] for entry in trace}), "reading_s": record.get("reading_s"),
             "waits": record.get("waits", 0), "waited_s": record.get("waited_s", 0.0)}
@@ -172,9 +179,13 @@ class LatencyTable:
         one's (`speed.py`), so the merged table is at one host speed.
         """
         self.meta.check_compatible(other.meta, what)
+        mine, theirs = self.meta.speed_reference or {}, other.meta.speed_reference or {}
+        if mine and theirs and reference_replicas(mine) != reference_replicas(theirs):
+            raise LutError(f"{what}: the two LUTs read their speed reference with {reference_replicas(mine)} and "
+                           f"{reference_replicas(theirs)} op copies per run, so their baselines are not on one "
+                           "scale; rebuild the older one with this version")
         new = other.rows[~other.rows["key"].isin(set(self.rows["key"]))].copy()
-        scale = geomean_ratio((self.meta.speed_reference or {}).get("baseline_ms", {}),
-                              (other.meta.speed_reference or {}).get("baseline_ms", {}))
+        scale = geomean_ratio(mine.get("baseline_ms", {}), theirs.get("baseline_ms", {}))
         new[list(MS_FIELDS)] = new[list(MS_FIELDS)].astype(float) * scale
         new["slowdown"] = new["slowdown"].astype(float) / scale
         if not new.empty:
@@ -209,7 +220,8 @@ class LatencyTable:
             lines.append("calibration none (predictions are raw op sums)")
         speed = speed_summary(m.speed_reference)
         if speed:
-            lines.append(f"host speed {speed['readings']} readings of the {speed['network']} reference, "
+            lines.append(f"host speed {speed['readings']} readings of the {speed['network']} reference "
+                         f"({speed['replicas']} copies per run), "
                          f"{speed['first']} to {speed['last']}: slowdown median {speed['median']:.3f}, range "
                          f"{speed['min']:.3f}-{speed['max']:.3f}; timings divided by {speed['levels']} confirmed "
                          f"level(s); {speed['waits']} slow spell(s) waited for, {speed['waited_s']:.0f} s")

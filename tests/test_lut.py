@@ -626,6 +626,44 @@ def test_a_stray_reading_is_ignored_and_a_confirmed_step_applied():
     assert [applied for *_, applied in speed.record["trace"]] == pytest.approx([1.0, 1.0, 1.0, 1.41986], abs=1e-5)
 
 
+def test_the_speed_reference_is_timed_with_the_ops_replicas_and_old_references_as_they_were_read(tmp_path,
+                                                                                                  tiny_specs):
+    """A new LUT reads its reference ops as `op_replicas` copies per call, as its ops are timed, and records it; a
+    LUT whose reference predates the field (one copy) goes on reading it with one; two LUTs read differently do
+    not merge."""
+    backend = FakeBackend(protocol=Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0, op_replicas=4))
+    meta = new_meta(backend, img_size=IMG, batch=1)
+    speed = SpeedNormalised(backend, meta)
+    speed.read()
+    reference_ops = len(unique_ops([PRESETS["sa12"]], IMG))
+    assert meta.speed_reference["replicas"] == 4 and len(backend.copies) == reference_ops
+    assert {(copies, replicas) for _, copies, replicas in backend.copies} == {(1, 4)}
+    old = new_meta(backend, img_size=IMG, batch=1)
+    old.speed_reference = {"network": "sa12", "baseline_ms": dict(meta.speed_reference["baseline_ms"]), "trace": []}
+    backend.copies.clear()
+    SpeedNormalised(backend, old).read()
+    assert {replicas for *_, replicas in backend.copies} == {1}
+    paths = [tmp_path / "new.parquet", tmp_path / "old.parquet"]
+    for path in paths:
+        build_lut(path, FakeBackend(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=0.0, op_replicas=4)),
+                  specs=tiny_specs[:2], img_size=IMG, calibration_n=0)
+    older = LatencyTable.load(paths[1])
+    del older.meta.speed_reference["replicas"]
+    with pytest.raises(LutError, match="speed reference with 4 and 1 op copies per run"):
+        LatencyTable.load(paths[0]).merge(older)
+
+
+def test_a_kept_onnxruntime_reference_leaves_no_thread_spinning_after_its_reading():
+    """The reference's sessions live through the build; after a run their pool threads would spin on for tens of
+    milliseconds (0.03-0.06 CPU-s here), a core taken from the next timing. Prepared, they stop as the run ends."""
+    op = next(iter(unique_ops([PRESETS["sa12"]], IMG).values()))
+    timer = get_backend("onnxruntime", threads=2, protocol=Protocol.quick()).prepare(op_module(op), op.in_shape, 8)
+    timer()
+    cpu, wall = time.process_time(), time.perf_counter()
+    time.sleep(0.1)
+    assert time.perf_counter() - wall >= 0.1 and time.process_time() - cpu < 0.01
+
+
 def test_the_sweep_kept_is_the_one_measured_fastest_not_the_lowest_after_normalising():
     """Sweep 1 timed 10 ms on a calm host; sweep 2 timed 13 ms in a spell read as 1.4x slow, 9.3 ms once divided
     (the reading overshot): the calm sweep needed no correction and is the one kept."""
@@ -787,11 +825,12 @@ def test_speed_reference_is_read_through_a_real_build_and_shown(tmp_path, tiny_s
     table = LatencyTable.load(path)
     record = table.meta.speed_reference
     assert record["network"] == "sa12" and len(record["baseline_ms"]) == len(unique_ops([PRESETS["sa12"]], IMG))
+    assert record["replicas"] == {"torch": 1, "onnxruntime": 8}[backend_name]
     assert len(record["trace"]) >= len(table) and record["trace"][0][1] == 1.0  # + any re-timed in the catch-up
     assert all(0.2 < reading < 5 for _, reading, _ in record["trace"])
     assert set(table.rows["slowdown"].round(5)) <= {applied for *_, applied in record["trace"]}
     assert main(["lut", "show", str(path)]) == 0
-    assert "readings of the sa12 reference" in capsys.readouterr().out
+    assert f"readings of the sa12 reference ({record['replicas']} copies per run)" in capsys.readouterr().out
 
 
 def test_recalibration_absorbs_device_drift(tmp_path, tiny_specs):

@@ -75,7 +75,7 @@ class Backend(ABC):
         """Wait, within the protocol's limit, for the host to be calm; whether it is (`speed.py` knows how)."""
         return True
 
-    def prepare(self, module: nn.Module, in_shape: tuple[int, ...]) -> Callable[[], Timing]:
+    def prepare(self, module: nn.Module, in_shape: tuple[int, ...], replicas: int = 1) -> Callable[[], Timing]:
         """A timer of `module` to call again and again: for a workload re-timed through a build (`speed.py`),
-        where a backend that compiles or exports modules should do so once."""
-        return lambda: self.time_module(module, in_shape)
+        where a backend that compiles or exports modules should do so once. `replicas` as in `time_module`."""
+        return lambda: self.time_module(module, in_shape, replicas=replicas)
