@@ -760,6 +760,29 @@ def test_awaiting_calm_sleeps_through_a_spell_and_gives_up_after_the_wait(clock)
     assert speed.record["waits"] == 2 and speed.record["waited_s"] == pytest.approx(10.0)
 
 
+def test_calm_timings_are_divided_by_the_calm_level_and_each_session_finds_its_own(clock):
+    """A confirmed 7 % step stays inside the calm band: timings keep the calm level (the readings' noise is not put
+    into them), while a 1.3x spell divides them. A later session on a host steadily 15 % slower than at the baseline
+    takes that as its calm: its timings are divided by 1.15 and it never waits for a calm that will not come."""
+    backend = FakeBackend(protocol=Protocol(passes=1, reference_s=1e9, calm_wait_s=60.0))  # read when told
+    meta = new_meta(backend, img_size=IMG, batch=1)
+    module, shape = torch.nn.Conv2d(3, 8, 3), (1, 3, IMG, IMG)
+    raw = backend.time_module(module, shape).latency_ms
+    speed = SpeedNormalised(backend, meta)
+    readings = iter([1.0, 1.07, 1.07, 1.3, 1.3])
+    speed._reading = lambda: next(readings)
+    divided = []
+    for _ in range(3):
+        speed.read()
+        divided.append((speed.divisor(), speed.time_module(module, shape).latency_ms))
+    assert divided == [(1.0, raw), (1.0, raw), (1.3, pytest.approx(raw / 1.3))]
+    later = SpeedNormalised(backend, meta)
+    readings = iter([1.15, 1.16, 1.14])
+    later._reading = lambda: next(readings)
+    assert later.read() == pytest.approx(math.sqrt(1.15 * 1.16)) and later.await_calm() and clock.slept == []
+    assert later.time_module(module, shape).latency_ms == pytest.approx(raw / math.sqrt(1.15 * 1.16))
+
+
 def test_awaiting_calm_reads_the_host_no_more_often_than_the_reference_interval(clock):
     """The catch-up asks before each item; a calm host read 0.6 s ago need not be read again."""
     backend = FakeBackend(protocol=Protocol(passes=1, reference_s=5.0, calm_wait_s=6.0))
