@@ -25,6 +25,8 @@ ops, each timed in a fresh session as a build times them, ran 1.32 times slower 
 `CALM_BAND`, so the spells passed for calm; its readings correlated 0.58 with the networks' level. Read as eight
 copies: 1.22 and 0.84, and divided by it the ops' and networks' timings varied by 13.7 % and 8.5 % (std of log
 time over ten minutes) against 17.1 % and 12.0 % divided by the single copies and 19.7 % and 14.4 % as measured.
+A repeat on a host whose spells the single copies did see (`benchmarks/speed_reference.py`) found a smaller gap:
+correlation 0.85 against 0.80, networks' spread 8.9 % against 9.5 %.
 
 A division is still an approximation. The slow spells took the host's second core (single-thread timings stayed
 within 1-2 % through them), and each op suffers by how parallel it is. So an item whose every sweep fell in a slow
