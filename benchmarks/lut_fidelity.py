@@ -190,7 +190,7 @@ def main() -> None:
             print(f"{'':>27}without the speed reference: {_figures(r['unnormalised'])}; ceiling "
                   f"{_figures(r['unnormalised']['repeatability'])}\n{'':>27}host slowdown {s['min']:.3f}-"
                   f"{s['max']:.3f} (median {s['median']:.3f}) over {s['readings']} readings, {s['reading_s']:.0f} s; "
-                  f"{s['levels']} confirmed level(s) applied; {s['waits']} slow spell(s) waited for, "
+                  f"{s['levels']} confirmed level(s); {s['waits']} slow spell(s) waited for, "
                   f"{s['waited_s']:.0f} s",
                   flush=True)
         if r["as_built"]:

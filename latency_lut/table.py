@@ -121,8 +121,8 @@ def reference_replicas(record: dict[str, Any]) -> int:
 
 def speed_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """The host's slowdown over a LUT's reference readings (`speed.py`), or None without any: how many, when, their
-    median and range, how many confirmed levels the timings were divided by, the seconds the readings took, and how
-    many slow spells were waited for and for how long."""
+    median and range, how many levels were confirmed (`speed.SpeedNormalised.divisor` says which one a timing is
+    divided by), the seconds the readings took, and how many slow spells were waited for and for how long."""
     trace = (record or {}).get("trace")
     if not trace:
         return None
@@ -223,8 +223,9 @@ class LatencyTable:
             lines.append(f"host speed {speed['readings']} readings of the {speed['network']} reference "
                          f"({speed['replicas']} copies per run), "
                          f"{speed['first']} to {speed['last']}: slowdown median {speed['median']:.3f}, range "
-                         f"{speed['min']:.3f}-{speed['max']:.3f}; timings divided by {speed['levels']} confirmed "
-                         f"level(s); {speed['waits']} slow spell(s) waited for, {speed['waited_s']:.0f} s")
+                         f"{speed['min']:.3f}-{speed['max']:.3f}; {speed['levels']} confirmed level(s), timings "
+                         f"divided by the calm one or, in a slow spell, by the spell's; {speed['waits']} slow spell(s) "
+                         f"waited for, {speed['waited_s']:.0f} s")
         v = m.validation
         if v:
             lines.append(f"validation {v['n']} held-out networks ({v['validated_at']}): MAPE {v['mape']:.2f} %, "
