@@ -34,14 +34,15 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def candidates(backend: Backend, img: int) -> dict[str, list[Callable[[], Timing]]]:
+    """The reference ops as `copies` per call (1, and the backend's `op_replicas` where that differs), and the
+    reference network end to end."""
     ops = unique_ops([PRESETS[REFERENCE]], img).values()
     network = PRESETS[REFERENCE]
-    return {
-        "ops, 1 copy per call": [backend.prepare(op_module(op), op.in_shape) for op in ops],
-        f"ops, {backend.protocol.op_replicas} copies per call": [
-            backend.prepare(op_module(op), op.in_shape, backend.protocol.op_replicas) for op in ops],
-        "network": [backend.prepare(build_model(network, inference=True), (1, network.in_chans, img, img))],
-    }
+    out = {f"ops, {copies} cop{'y' if copies == 1 else 'ies'} per call":
+           [backend.prepare(op_module(op), op.in_shape, copies) for op in ops]
+           for copies in sorted({1, backend.protocol.op_replicas})}
+    out["network"] = [backend.prepare(build_model(network, inference=True), (1, network.in_chans, img, img))]
+    return out
 
 
 def targets(backend: Backend, img: int, n_ops: int, n_networks: int, seed: int) -> dict[str, Callable[[], Timing]]:
