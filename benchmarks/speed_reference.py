@@ -1,7 +1,7 @@
 """Which speed reference follows this host the way a build's ops and networks do?
 
 For `--minutes`, rounds of: read each candidate reference, then time target ops and held-out networks exactly as a
-build and a validation time them (`build.measure_network`, ops by the backend's replicas and weight copies).
+build and a validation time them (`build.measure_op`, `build.measure_network`).
 Candidates: the sa12 reference ops one copy per call, the same ops as `op_replicas` copies per call (what
 `speed.SpeedNormalised` reads), and the sa12 network end to end, each prepared once as the build prepares its
 reference. Per target, the spread (std of log time over the rounds) as measured and divided by each candidate's
@@ -25,23 +25,24 @@ from fastvit_nas.fastvit.model import build_model
 from fastvit_nas.fastvit.presets import PRESETS
 from fastvit_nas.latency_lut import Protocol, get_backend, resolve_space, unique_ops
 from fastvit_nas.latency_lut.backends import Backend
-from fastvit_nas.latency_lut.build import measure_network
-from fastvit_nas.latency_lut.measure import Timing, weight_copies
+from fastvit_nas.latency_lut.build import measure_network, measure_op
+from fastvit_nas.latency_lut.measure import Timing, geomean_ratio
 from fastvit_nas.latency_lut.modules import op_module
 from fastvit_nas.latency_lut.speed import REFERENCE
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def candidates(backend: Backend, img: int) -> dict[str, list[Callable[[], Timing]]]:
+def candidates(backend: Backend, img: int) -> dict[str, dict[str, Callable[[], Timing]]]:
     """The reference ops as `copies` per call (1, and the backend's `op_replicas` where that differs), and the
-    reference network end to end."""
+    reference network end to end; each a timer per key, as `speed.SpeedNormalised` keeps them."""
     ops = unique_ops([PRESETS[REFERENCE]], img).values()
     network = PRESETS[REFERENCE]
     out = {f"ops, {copies} cop{'y' if copies == 1 else 'ies'} per call":
-           [backend.prepare(op_module(op), op.in_shape, copies) for op in ops]
+           {op.key: backend.prepare(op_module(op), op.in_shape, copies) for op in ops}
            for copies in sorted({1, backend.protocol.op_replicas})}
-    out["network"] = [backend.prepare(build_model(network, inference=True), (1, network.in_chans, img, img))]
+    out["network"] = {REFERENCE: backend.prepare(build_model(network, inference=True),
+                                                 (1, network.in_chans, img, img))}
     return out
 
 
@@ -50,18 +51,13 @@ def targets(backend: Backend, img: int, n_ops: int, n_networks: int, seed: int) 
     pool = list(unique_ops(space.sample(40, seed), img).values())
     picked = [pool[i] for i in np.random.default_rng(seed).choice(len(pool), n_ops, replace=False)]
 
-    def op_timer(op) -> Callable[[], Timing]:
-        module = op_module(op)
-        return lambda: backend.time_module(module, op.in_shape, weight_copies(module, backend.protocol),
-                                           backend.protocol.op_replicas)
-
-    out = {f"op {op.key}": op_timer(op) for op in picked}
+    out = {f"op {op.key}": (lambda op=op: measure_op(backend, op)) for op in picked}
     out.update({f"network {spec.arch_id}": (lambda spec=spec: measure_network(backend, spec, img, 1))
                 for spec in space.sample(n_networks, seed + 1)})
     return out
 
 
-def record_rounds(reads: dict[str, list[Callable[[], Timing]]], timed: dict[str, Callable[[], Timing]],
+def record_rounds(reads: dict[str, dict[str, Callable[[], Timing]]], timed: dict[str, Callable[[], Timing]],
                   minutes: float) -> list[dict]:
     """Rounds until `minutes` pass; the candidates' order rotates and the targets' is shuffled per round."""
     rounds, start, names = [], time.monotonic(), list(reads)
@@ -70,7 +66,7 @@ def record_rounds(reads: dict[str, list[Callable[[], Timing]]], timed: dict[str,
         row: dict = {"t": time.monotonic() - start, "reading_ms": {}, "reading_s": {}}
         for name in names[k % len(names):] + names[:k % len(names)]:
             t0 = time.monotonic()
-            row["reading_ms"][name] = [timer().latency_ms for timer in reads[name]]
+            row["reading_ms"][name] = {key: timer().latency_ms for key, timer in reads[name].items()}
             row["reading_s"][name] = time.monotonic() - t0
         row["target_ms"] = {key: timed[key]().latency_ms for key in np.random.default_rng(k).permutation(list(timed))}
         rounds.append(row)
@@ -81,8 +77,8 @@ def record_rounds(reads: dict[str, list[Callable[[], Timing]]], timed: dict[str,
 def score(rounds: list[dict]) -> dict:
     """Each candidate's level per round (geometric mean ratio to its first reading) against the targets."""
     names = list(rounds[0]["reading_ms"])
-    level = {c: np.exp(np.mean(np.log(np.array([r["reading_ms"][c] for r in rounds]) /
-                                      np.array(rounds[0]["reading_ms"][c])), axis=1)) for c in names}
+    level = {c: np.array([geomean_ratio(r["reading_ms"][c], rounds[0]["reading_ms"][c]) for r in rounds])
+             for c in names}
     out = {}
     for kind in ("op", "network"):
         keys = [k for k in rounds[0]["target_ms"] if k.startswith(kind + " ")]

@@ -112,6 +112,13 @@ def measure_network(backend: Backend, spec: ArchSpec, img_size: int, batch: int)
     return backend.time_module(build_model(spec, inference=True), (batch, spec.in_chans, img_size, img_size))
 
 
+def measure_op(backend: Backend, op: Op) -> Timing:
+    """One op's latency as a LUT records it: through the protocol's weight copies and replicas."""
+    module = op_module(op)
+    return backend.time_module(module, op.in_shape, weight_copies(module, backend.protocol),
+                               backend.protocol.op_replicas)
+
+
 def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchSpec], path: Path | None = None,
                     progress: bool = False, checkpoint_s: float = 60.0,
                     networks: Sequence[ArchSpec] = ()) -> tuple[int, int, list[Timing]]:
@@ -139,9 +146,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
             bar.update()
             if isinstance(item, ArchSpec):
                 return measure_network(backend, item, meta.img_size, meta.batch)
-            module = op_module(item)
-            return backend.time_module(module, item.in_shape, weight_copies(module, backend.protocol),
-                                       backend.protocol.op_replicas)
+            return measure_op(backend, item)
 
         def done(item: Op | ArchSpec, timing: Timing) -> None:
             if isinstance(item, ArchSpec):
