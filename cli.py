@@ -154,7 +154,7 @@ def _lut_space(args: argparse.Namespace):
 def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
-    overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas")
+    overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas", "network_passes")
                  if (v := getattr(args, k)) is not None}
     protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator), **overrides)
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
@@ -262,6 +262,10 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                        help="copies of an op per timed call, each its share of the call's time, so a runtime's fixed "
                             "cost per call is paid once per network and not once per op (default: 8 for "
                             "onnxruntime, 1 for torch)")
+    build.add_argument("--network-passes", type=int,
+                       help="sweeps over the end-to-end networks, calibration now and held-out at validation; the "
+                            "fastest kept (default 4; with 2, one network's two measurements differed by over 10 %% "
+                            "for 30-58 %% of networks)")
     build.add_argument("--quick", action="store_true", help="few repetitions: smoke tests only")
     build.add_argument("--out", required=True, help="LUT parquet file (created or extended)")
     build.set_defaults(func=_lut_build)

@@ -105,6 +105,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
     calibration = space.sample(args.calib, CALIBRATION_SEED)
     backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=Protocol(estimator=args.estimator, passes=args.passes,
+                                            network_passes=args.network_passes,
                                             reference_s=args.reference_s, calm_wait_s=args.calm_wait_s,
                                             cold_weights_mb=args.cold_weights_mb, op_replicas=args.op_replicas))
     name = f"{backend_name}_{args.device}_{args.dtype}_b{batch}_{img}"
@@ -120,6 +121,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
         "unnormalised": unnormalised(lut, report, held_out) if speed else None, "slowdown": speed,
         "backend": backend_name, "device": args.device, "dtype": args.dtype, "img_size": img,
         "threads": args.threads, "batch": batch, "estimator": args.estimator, "passes": args.passes,
+        "network_passes": args.network_passes,
         "cold_weights_mb": backend.protocol.cold_weights_mb, "op_replicas": backend.protocol.op_replicas,
         "n": report.n, "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
         "spearman": report.spearman, "kendall": report.kendall, "repeatability": report.repeatability,
@@ -146,7 +148,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--space", default="default")
     parser.add_argument("--estimator", default="median", choices=("median", "min"))
-    parser.add_argument("--passes", type=int, default=2, help="sweeps over all ops/networks; fastest kept")
+    parser.add_argument("--passes", type=int, default=Protocol.passes, help="sweeps over all ops; fastest kept")
+    parser.add_argument("--network-passes", type=int, default=Protocol.network_passes,
+                        help="sweeps over the end-to-end networks (calibration and held-out); fastest kept")
     parser.add_argument("--reference-s", type=float, default=Protocol.reference_s,
                         help="seconds between host-speed reference readings; the figures without the reference are "
                              "reported beside (0: no reference)")

@@ -2,7 +2,8 @@
 
 Each op is built alone (`modules.op_module`: the timm module the full network runs, inference-time and
 fused) and timed on its real input shape, in `protocol.passes` sweeps over all missing ops (fastest kept); the
-calibration networks are timed end-to-end in the same sweeps.
+calibration networks are timed end-to-end in the same sweeps, and in more after them up to
+`protocol.network_passes`.
 The LUT file is rewritten every `checkpoint_s` seconds and at the end, so an interrupted build loses little
 and a rerun resumes.
 """
@@ -123,7 +124,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
                     progress: bool = False, checkpoint_s: float = 60.0,
                     networks: Sequence[ArchSpec] = ()) -> tuple[int, int, list[Timing]]:
     """Measure the ops of `specs` that `table` lacks (each unique op once per sweep), and `networks` end-to-end in
-    the same sweeps; returns (ops needed, ops measured, the networks' timings).
+    the same sweeps and then alone up to `network_passes`; returns (ops needed, ops measured, the networks'
+    timings).
 
     The networks (a build's calibration) are spread evenly through the ops, so that they meet the host in the
     states the ops met, and share their sweeps and their re-timing once a slow spell ends. Timed in one block
@@ -136,10 +138,11 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     missing = [needed[k] for k in table.missing(needed)]
     items: list[Op | ArchSpec] = [networks[i] if is_network else missing[i]
                                   for is_network, i in _interleave(len(networks), len(missing))]
-    passes = backend.protocol.passes
+    protocol = backend.protocol
+    passes = [protocol.network_passes if isinstance(item, ArchSpec) else protocol.passes for item in items]
     last_save = [time.monotonic()]
     network_timings: dict[str, Timing] = {}
-    with tqdm(total=len(items) * passes, unit="item", desc="ops" + (" + networks" if networks else ""),
+    with tqdm(total=sum(passes), unit="item", desc="ops" + (" + networks" if networks else ""),
               disable=not progress, dynamic_ncols=True) as bar:
 
         def time_item(item: Op | ArchSpec) -> Timing:
@@ -163,15 +166,16 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
 
 def measure_networks(backend: Backend, specs: list[ArchSpec], img_size: int, batch: int,
                      progress: bool = False, desc: str = "end-to-end") -> list[Timing]:
-    """End-to-end latencies of the fused networks, by the same backend, protocol and sweeps as the ops."""
-    with tqdm(total=len(specs) * backend.protocol.passes, unit="net", desc=desc, disable=not progress,
-              dynamic_ncols=True) as bar:
+    """End-to-end latencies of the fused networks, by the same backend and protocol as the ops, in the protocol's
+    `network_passes` sweeps."""
+    passes = backend.protocol.network_passes
+    with tqdm(total=len(specs) * passes, unit="net", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
 
         def time_net(spec: ArchSpec) -> Timing:
             bar.update()
             return measure_network(backend, spec, img_size, batch)
 
-        return best_of_passes(specs, time_net, backend.protocol.passes, host=backend)
+        return best_of_passes(specs, time_net, passes, host=backend)
 
 
 def recalibrate(table: LatencyTable, backend: Backend, progress: bool = False,

@@ -69,7 +69,8 @@ class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self, slowdown: float = 1.0, **kwargs) -> None:
-        super().__init__(**{"protocol": Protocol(passes=1, reference_s=0.0, calm_wait_s=0.0), **kwargs})
+        super().__init__(**{"protocol": Protocol(passes=1, network_passes=1, reference_s=0.0, calm_wait_s=0.0),
+                            **kwargs})
         self.slowdown = slowdown
         self.calls: list[tuple[int, ...]] = []
         self.copies: list[tuple[torch.nn.Module, int, int]] = []
@@ -364,7 +365,8 @@ def test_ops_are_timed_through_weight_copies_and_replicas_and_networks_whole(tmp
     networks = [(copies, replicas) for module, copies, replicas in backend.copies if isinstance(module, FastVitNas)]
     ops_timed = [(module, copies, replicas) for module, copies, replicas in backend.copies
                  if not isinstance(module, FastVitNas)]
-    assert networks == [(1, 1)] * 3
+    assert networks == [(1, 1)] * 3 * protocol.network_passes  # the calibration networks get their own sweep count
+    assert len(ops_timed) == len(unique_ops(tiny_specs[:3], IMG)) * protocol.passes
     assert all(copies == weight_copies(module, protocol) and replicas == 3 for module, copies, replicas in ops_timed)
     assert len({copies for _, copies, _ in ops_timed}) > 2  # each by its own weights
 
@@ -662,6 +664,26 @@ def test_a_kept_onnxruntime_reference_leaves_no_thread_spinning_after_its_readin
     cpu, wall = time.process_time(), time.perf_counter()
     time.sleep(0.1)
     assert time.perf_counter() - wall >= 0.1 and time.process_time() - cpu < 0.01
+
+
+def test_items_with_more_sweeps_are_timed_alone_after_the_others_are_done():
+    """Networks need more sweeps than ops: the later sweeps visit only the items with sweeps left, and each item is
+    final (and kept at its fastest) once its own last sweep is done."""
+    visits, done = [], []
+    script = {"op": iter([3.0, 2.0]), "net": iter([9.0, 8.0, 7.0, 10.0]), "once": iter([5.0])}
+
+    def time_one(item: str) -> Timing:
+        visits.append(item)
+        ms = next(script[item])
+        return Timing(ms, ms, ms, 0.0, 1)
+
+    best = best_of_passes(["op", "net", "once"], time_one, [2, 4, 1], lambda item, _: done.append((item, len(visits))))
+    assert [t.latency_ms for t in best] == [2.0, 7.0, 5.0]
+    assert sorted(visits[:3]) == ["net", "once", "op"] and sorted(visits[3:5]) == ["net", "op"]
+    assert visits[5:] == ["net", "net"]
+    assert [item for item, _ in done] == ["once", "op", "net"] and done[0][1] == 3 and done[-1][1] == 7
+    with pytest.raises(FastVitNasError, match="network_passes"):
+        Protocol(network_passes=0)
 
 
 def test_the_sweep_kept_is_the_one_measured_fastest_not_the_lowest_after_normalising():
