@@ -154,8 +154,8 @@ def _lut_space(args: argparse.Namespace):
 def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
-    overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas", "network_passes")
-                 if (v := getattr(args, k)) is not None}
+    overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas", "network_passes",
+                                "extra_passes") if (v := getattr(args, k)) is not None}
     protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator), **overrides)
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=protocol)
@@ -266,6 +266,9 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                        help="sweeps over the end-to-end networks, calibration now and held-out at validation; the "
                             "fastest kept (default 4; with 2, one network's two measurements differed by over 10 %% "
                             "for 30-58 %% of networks)")
+    build.add_argument("--extra-passes", type=int,
+                       help="more sweeps, at most, for an op or network whose two fastest sweeps differ by over 5 %% "
+                            "(default 2; 0: none)")
     build.add_argument("--quick", action="store_true", help="few repetitions: smoke tests only")
     build.add_argument("--out", required=True, help="LUT parquet file (created or extended)")
     build.set_defaults(func=_lut_build)

@@ -105,7 +105,8 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
     calibration = space.sample(args.calib, CALIBRATION_SEED)
     backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=Protocol(estimator=args.estimator, passes=args.passes,
-                                            network_passes=args.network_passes,
+                                            network_passes=args.network_passes, extra_passes=args.extra_passes,
+                                            agree_tol=args.agree_tol,
                                             reference_s=args.reference_s, calm_wait_s=args.calm_wait_s,
                                             cold_weights_mb=args.cold_weights_mb, op_replicas=args.op_replicas))
     name = f"{backend_name}_{args.device}_{args.dtype}_b{batch}_{img}"
@@ -121,7 +122,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
         "unnormalised": unnormalised(lut, report, held_out) if speed else None, "slowdown": speed,
         "backend": backend_name, "device": args.device, "dtype": args.dtype, "img_size": img,
         "threads": args.threads, "batch": batch, "estimator": args.estimator, "passes": args.passes,
-        "network_passes": args.network_passes,
+        "network_passes": args.network_passes, "extra_passes": args.extra_passes, "agree_tol": args.agree_tol,
         "cold_weights_mb": backend.protocol.cold_weights_mb, "op_replicas": backend.protocol.op_replicas,
         "n": report.n, "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
         "spearman": report.spearman, "kendall": report.kendall, "repeatability": report.repeatability,
@@ -151,6 +152,9 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=Protocol.passes, help="sweeps over all ops; fastest kept")
     parser.add_argument("--network-passes", type=int, default=Protocol.network_passes,
                         help="sweeps over the end-to-end networks (calibration and held-out); fastest kept")
+    parser.add_argument("--extra-passes", type=int, default=Protocol.extra_passes,
+                        help="more sweeps, at most, for an item whose two fastest disagree by over --agree-tol")
+    parser.add_argument("--agree-tol", type=float, default=Protocol.agree_tol)
     parser.add_argument("--reference-s", type=float, default=Protocol.reference_s,
                         help="seconds between host-speed reference readings; the figures without the reference are "
                              "reported beside (0: no reference)")

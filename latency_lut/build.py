@@ -146,7 +146,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
               disable=not progress, dynamic_ncols=True) as bar:
 
         def time_item(item: Op | ArchSpec) -> Timing:
-            bar.update()
+            _tick(bar)
             if isinstance(item, ArchSpec):
                 return measure_network(backend, item, meta.img_size, meta.batch)
             return measure_op(backend, item)
@@ -160,7 +160,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
                 table.save(path)
                 last_save[0] = time.monotonic()
 
-        best_of_passes(items, time_item, passes, done, host=backend)
+        best_of_passes(items, time_item, passes, done, host=backend, extra=protocol.extra_passes,
+                       agree_tol=protocol.agree_tol)
     return len(needed), len(missing), [network_timings[spec.arch_id] for spec in networks]
 
 
@@ -168,14 +169,16 @@ def measure_networks(backend: Backend, specs: list[ArchSpec], img_size: int, bat
                      progress: bool = False, desc: str = "end-to-end") -> list[Timing]:
     """End-to-end latencies of the fused networks, by the same backend and protocol as the ops, in the protocol's
     `network_passes` sweeps."""
-    passes = backend.protocol.network_passes
-    with tqdm(total=len(specs) * passes, unit="net", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+    protocol = backend.protocol
+    with tqdm(total=len(specs) * protocol.network_passes, unit="net", desc=desc, disable=not progress,
+              dynamic_ncols=True) as bar:
 
         def time_net(spec: ArchSpec) -> Timing:
-            bar.update()
+            _tick(bar)
             return measure_network(backend, spec, img_size, batch)
 
-        return best_of_passes(specs, time_net, passes, host=backend)
+        return best_of_passes(specs, time_net, protocol.network_passes, host=backend, extra=protocol.extra_passes,
+                              agree_tol=protocol.agree_tol)
 
 
 def recalibrate(table: LatencyTable, backend: Backend, progress: bool = False,
@@ -204,6 +207,12 @@ def recalibrate(table: LatencyTable, backend: Backend, progress: bool = False,
     table.meta.calibration["recalibrated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     drift = float(np.median([new["measured_ms"] / prev["measured_ms"] for new, prev in zip(points, old, strict=True)]))
     return drift, split[False]
+
+
+def _tick(bar: tqdm) -> None:
+    """One more timing; the sweeps' total is a floor, raised as items whose sweeps disagree get extra ones."""
+    bar.total = max(bar.total, bar.n + 1)
+    bar.update()
 
 
 def _interleave(n_calibration: int, n_alongside: int) -> list[tuple[bool, int]]:

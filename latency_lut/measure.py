@@ -7,7 +7,8 @@ range as the spread, the minimum and the number of timed calls. `estimator` pick
 *the* latency: the median by default; the minimum is the usual choice on a machine shared with other jobs, whose
 interference only ever adds time. Builders time every item in `passes` sweeps over all items and keep each
 item's fastest sweep (`best_of_passes`): a burst of interference from another job then spoils one sweep of a few
-items, not the table, and the later sweeps run in a shuffled order. End-to-end networks get `network_passes`
+items, not the table, and the later sweeps run in a shuffled order; an item whose two fastest sweeps disagree by
+more than `agree_tol` gets up to `extra_passes` more. End-to-end networks get `network_passes`
 sweeps: measured twice over at 128 px with ONNX Runtime (50 networks, 2 threads, no speed reference), two sweeps
 each agreed within ±10 % for 42 % and 70 % of them, four sweeps for 100 % and 100 % (MAPE 2.98 % and 1.84 %), for
 twice the time; a network is one long item, so a burst of interference spoils a larger share of its sweeps than
@@ -64,6 +65,8 @@ class Protocol:
     estimator: str = "median"
     passes: int = 2
     network_passes: int = 4
+    extra_passes: int = 2
+    agree_tol: float = 0.05
     allocator: str = "reuse"
     reference_s: float = 5.0
     calm_wait_s: float = 60.0
@@ -81,9 +84,9 @@ class Protocol:
             raise FastVitNasError(f"calm_wait_s must be >= 0 (0: never wait), got {self.calm_wait_s!r}")
         if self.cold_weights_mb < 0:
             raise FastVitNasError(f"cold_weights_mb must be >= 0 (0: warm weights), got {self.cold_weights_mb!r}")
-        for name in ("passes", "network_passes"):
-            if getattr(self, name) < 1:
-                raise FastVitNasError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name, least in (("passes", 1), ("network_passes", 1), ("extra_passes", 0), ("agree_tol", 0)):
+            if getattr(self, name) < least:
+                raise FastVitNasError(f"{name} must be >= {least}, got {getattr(self, name)!r}")
         if self.op_replicas is not None and self.op_replicas < 1:
             raise FastVitNasError(f"op_replicas must be >= 1 (None: the backend's default), got {self.op_replicas!r}")
 
@@ -94,7 +97,8 @@ class Protocol:
     def quick(cls) -> Protocol:
         """Few repetitions and no speed reference: for tests and smoke runs, not for a LUT one should trust."""
         return cls(warmup_calls=1, warmup_s=0.0, min_reps=3, max_reps=10, max_s=0.5, round_size=3, rel_tol=0.05,
-                   estimator="min", network_passes=2, reference_s=0.0, calm_wait_s=0.0, cold_weights_mb=0.0)
+                   estimator="min", network_passes=2, extra_passes=0, reference_s=0.0, calm_wait_s=0.0,
+                   cold_weights_mb=0.0)
 
 
 MS_FIELDS = ("latency_ms", "median_ms", "min_ms", "iqr_ms")
@@ -215,7 +219,7 @@ class CalmHost(typing.Protocol):
 
 def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: int | Sequence[int],
                    on_done: Callable[[T, Timing], None] | None = None, seed: int = 0,
-                   host: CalmHost | None = None) -> list[Timing]:
+                   host: CalmHost | None = None, extra: int = 0, agree_tol: float = 0.05) -> list[Timing]:
     """Time every item in `passes` sweeps (or `passes[i]` for item i) and keep, per item, its best sweep: calm
     before fast.
 
@@ -229,8 +233,11 @@ def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: 
     are timed once more after the sweeps, each once `host` has waited for calm, until a spell outlasts its wait:
     there, networks timed calm were predicted within ±10 % in 30 of 30 cases, those divided in 12 of 20.
     With counts per item, the later sweeps visit only the items that still have sweeps left (end-to-end networks
-    need more than ops: `Protocol.network_passes`). `on_done(item, timing)` is called as each item's timing is
-    final (for progress and checkpoints).
+    need more than ops: `Protocol.network_passes`). An item of two sweeps or more whose two fastest calm sweeps
+    differ by more than `agree_tol` gets up to `extra` more, until two agree: interference only adds time, so
+    two sweeps that agree are both at the host's floor, and one that lies far above the other says the fastest
+    may not be either. `on_done(item, timing)` is called as each item's timing is final (for progress and
+    checkpoints).
     """
     rng = np.random.default_rng(seed)
     settled = host.settled if host is not None else lambda _: True
@@ -240,16 +247,26 @@ def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: 
         return not settled(timing), timing.measured_ms
 
     best: list[Timing | None] = [None] * len(items)
+    fastest_calm: list[list[float]] = [[] for _ in items]
     counts = [passes] * len(items) if isinstance(passes, int) else list(passes)
     last = [count - 1 for count in counts]
+    final = [False] * len(items)
     unsettled: list[int] = []
-    for sweep in range(max(last, default=0) + 1):
+
+    def agreed(i: int) -> bool:
+        pair = fastest_calm[i]
+        return counts[i] < 2 or (len(pair) == 2 and pair[1] <= pair[0] * (1 + agree_tol))
+
+    for sweep in range(max(last, default=0) + extra + 1):
         for i in range(len(items)) if sweep == 0 else rng.permutation(len(items)):
-            if sweep > last[i]:
+            if final[i] or sweep > last[i] + extra:
                 continue
             timing = time_one(items[i])
             best[i] = timing if best[i] is None else min(best[i], timing, key=rank)
-            if sweep == last[i]:
+            if settled(timing):
+                fastest_calm[i] = sorted([*fastest_calm[i], timing.measured_ms])[:2]
+            if sweep >= last[i] and (sweep == last[i] + extra or agreed(i)):
+                final[i] = True
                 if settled(best[i]):
                     done(items[i], best[i])
                 else:

@@ -684,6 +684,30 @@ def test_items_with_more_sweeps_are_timed_alone_after_the_others_are_done():
     assert [item for item, _ in done] == ["once", "op", "net"] and done[0][1] == 3 and done[-1][1] == 7
     with pytest.raises(FastVitNasError, match="network_passes"):
         Protocol(network_passes=0)
+    with pytest.raises(FastVitNasError, match="extra_passes"):
+        Protocol(extra_passes=-1)
+
+
+def test_items_whose_fastest_sweeps_disagree_get_extra_sweeps_until_two_agree():
+    """Two sweeps within `agree_tol` end an item; one far above the other earns another sweep, up to `extra`;
+    sweeps from a slow spell do not count as agreeing."""
+    script = {"steady": [1.0, 1.02], "noisy": [1.3, 1.0, 1.02], "hopeless": [2.0, 3.0, 4.0, 5.0],
+              "spell": [1.0, 1.0, 1.04, 9.0]}
+    visits: list[str] = []
+
+    def time_one(item: str) -> Timing:
+        ms = script[item][visits.count(item)]
+        visits.append(item)
+        timing = Timing(ms, ms, ms, 0.0, 1)
+        return timing.divided_by(1.3) if item == "spell" and visits.count(item) == 2 else timing
+
+    host = ScriptedHost(calm_waits=0)
+    best = best_of_passes(list(script), time_one, 2, host=host, extra=2, agree_tol=0.05)
+    assert {item: visits.count(item) for item in script} == {"steady": 2, "noisy": 3, "hopeless": 4, "spell": 3}
+    assert [t.measured_ms for t in best] == [1.0, 1.0, 2.0, 1.0] and best[3].slowdown == 1.0
+    once: list[str] = []
+    best_of_passes(["op"], lambda item: once.append(item) or Timing(1.0, 1.0, 1.0, 0.0, 1), 1, extra=2)
+    assert once == ["op"]  # one sweep asked for, nothing to compare it with
 
 
 def test_the_sweep_kept_is_the_one_measured_fastest_not_the_lowest_after_normalising():
