@@ -11,7 +11,7 @@ and a rerun resumes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..fastvit.model import build_model
 from ..fastvit.spec import ArchSpec
 from .backends import Backend
-from .measure import Timing, best_of_passes, weight_copies
+from .measure import T, Timing, best_of_passes, weight_copies
 from .modules import op_module
 from .ops import Op, unique_ops
 from .predict import MIN_CALIBRATION_POINTS, Predictor, fit_calibration
@@ -142,26 +142,22 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     passes = [protocol.network_passes if isinstance(item, ArchSpec) else protocol.passes for item in items]
     last_save = [time.monotonic()]
     network_timings: dict[str, Timing] = {}
-    with tqdm(total=sum(passes), unit="item", desc="ops" + (" + networks" if networks else ""),
-              disable=not progress, dynamic_ncols=True) as bar:
 
-        def time_item(item: Op | ArchSpec) -> Timing:
-            _tick(bar)
-            if isinstance(item, ArchSpec):
-                return measure_network(backend, item, meta.img_size, meta.batch)
-            return measure_op(backend, item)
+    def time_item(item: Op | ArchSpec) -> Timing:
+        if isinstance(item, ArchSpec):
+            return measure_network(backend, item, meta.img_size, meta.batch)
+        return measure_op(backend, item)
 
-        def done(item: Op | ArchSpec, timing: Timing) -> None:
-            if isinstance(item, ArchSpec):
-                network_timings[item.arch_id] = timing
-                return
-            table.add([(item, timing)])
-            if path is not None and time.monotonic() - last_save[0] > checkpoint_s:
-                table.save(path)
-                last_save[0] = time.monotonic()
+    def done(item: Op | ArchSpec, timing: Timing) -> None:
+        if isinstance(item, ArchSpec):
+            network_timings[item.arch_id] = timing
+            return
+        table.add([(item, timing)])
+        if path is not None and time.monotonic() - last_save[0] > checkpoint_s:
+            table.save(path)
+            last_save[0] = time.monotonic()
 
-        best_of_passes(items, time_item, passes, done, host=backend, extra=protocol.extra_passes,
-                       agree_tol=protocol.agree_tol)
+    _sweeps(backend, items, time_item, passes, "ops" + (" + networks" if networks else ""), "item", progress, done)
     return len(needed), len(missing), [network_timings[spec.arch_id] for spec in networks]
 
 
@@ -169,16 +165,9 @@ def measure_networks(backend: Backend, specs: list[ArchSpec], img_size: int, bat
                      progress: bool = False, desc: str = "end-to-end") -> list[Timing]:
     """End-to-end latencies of the fused networks, by the same backend and protocol as the ops, in the protocol's
     `network_passes` sweeps."""
-    protocol = backend.protocol
-    with tqdm(total=len(specs) * protocol.network_passes, unit="net", desc=desc, disable=not progress,
-              dynamic_ncols=True) as bar:
-
-        def time_net(spec: ArchSpec) -> Timing:
-            _tick(bar)
-            return measure_network(backend, spec, img_size, batch)
-
-        return best_of_passes(specs, time_net, protocol.network_passes, host=backend, extra=protocol.extra_passes,
-                              agree_tol=protocol.agree_tol)
+    passes = [backend.protocol.network_passes] * len(specs)
+    return _sweeps(backend, specs, lambda spec: measure_network(backend, spec, img_size, batch), passes, desc, "net",
+                   progress)
 
 
 def recalibrate(table: LatencyTable, backend: Backend, progress: bool = False,
@@ -209,10 +198,20 @@ def recalibrate(table: LatencyTable, backend: Backend, progress: bool = False,
     return drift, split[False]
 
 
-def _tick(bar: tqdm) -> None:
-    """One more timing; the sweeps' total is a floor, raised as items whose sweeps disagree get extra ones."""
-    bar.total = max(bar.total, bar.n + 1)
-    bar.update()
+def _sweeps(backend: Backend, items: Sequence[T], time_one: Callable[[T], Timing], passes: list[int], desc: str,
+            unit: str, progress: bool, on_done: Callable[[T, Timing], None] | None = None) -> list[Timing]:
+    """`best_of_passes` by the backend's protocol (extra sweeps, agreement) and host, with a progress bar whose
+    total is a floor, raised as items whose sweeps disagree get extra ones."""
+    protocol = backend.protocol
+    with tqdm(total=sum(passes), unit=unit, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+
+        def timed(item: T) -> Timing:
+            bar.total = max(bar.total, bar.n + 1)
+            bar.update()
+            return time_one(item)
+
+        return best_of_passes(items, timed, passes, on_done, host=backend, extra=protocol.extra_passes,
+                              agree_tol=protocol.agree_tol)
 
 
 def _interleave(n_calibration: int, n_alongside: int) -> list[tuple[bool, int]]:

@@ -248,18 +248,17 @@ def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: 
 
     best: list[Timing | None] = [None] * len(items)
     fastest_calm: list[list[float]] = [[] for _ in items]
-    counts = [passes] * len(items) if isinstance(passes, int) else list(passes)
-    last = [count - 1 for count in counts]
+    last = [count - 1 for count in ([passes] * len(items) if isinstance(passes, int) else passes)]
     final = [False] * len(items)
     unsettled: list[int] = []
 
     def agreed(i: int) -> bool:
         pair = fastest_calm[i]
-        return counts[i] < 2 or (len(pair) == 2 and pair[1] <= pair[0] * (1 + agree_tol))
+        return last[i] == 0 or (len(pair) == 2 and pair[1] <= pair[0] * (1 + agree_tol))
 
     for sweep in range(max(last, default=0) + extra + 1):
         for i in range(len(items)) if sweep == 0 else rng.permutation(len(items)):
-            if final[i] or sweep > last[i] + extra:
+            if final[i]:  # an item is final by its sweep `last + extra` at the latest
                 continue
             timing = time_one(items[i])
             best[i] = timing if best[i] is None else min(best[i], timing, key=rank)
