@@ -256,8 +256,8 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                        help="seconds to wait for a slow spell of the host (found by the reference) to end, after "
                             "the sweeps, to re-time the items no sweep timed calm (default 60; 0: never wait)")
     build.add_argument("--cold-weights-mb", type=float,
-                       help="MB of weight copies each op cycles through, so it reads its weights from beyond the "
-                            "cache as inside a network (default 64, torch only; 0: warm weights)")
+                       help="MB of weight copies an op is timed through, so it reads its weights from beyond the "
+                            "cache as inside a network (default 64 for torch; onnxruntime: warm only, 0)")
     build.add_argument("--op-replicas", type=int,
                        help="copies of an op per timed call, each its share of the call's time, so a runtime's fixed "
                             "cost per call is paid once per network and not once per op (default: 8 for "

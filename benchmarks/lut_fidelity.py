@@ -161,9 +161,9 @@ def main() -> None:
     parser.add_argument("--calm-wait-s", type=float, default=Protocol.calm_wait_s,
                         help="seconds to wait for a slow spell of the host to end, to re-time what no sweep timed "
                              "calm (0: never)")
-    parser.add_argument("--cold-weights-mb", type=float, default=Protocol.cold_weights_mb,
-                        help="MB of weight copies each op cycles through, so its weights come from beyond the cache "
-                             "as in a network (0: warm weights; ONNX Runtime always 0)")
+    parser.add_argument("--cold-weights-mb", type=float, default=None,
+                        help="MB of weight copies an op is timed through, so its weights come from beyond the cache "
+                             "as in a network (default: the backend's, 64 for torch; ONNX Runtime: warm only, 0)")
     parser.add_argument("--op-replicas", type=int,
                         help="copies of an op per timed call (default: the backend's, 8 for ONNX Runtime, 1 for torch)")
     parser.add_argument("--full-space", action="store_true", help="build the whole default space's LUT")

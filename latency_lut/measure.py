@@ -70,7 +70,7 @@ class Protocol:
     allocator: str = "reuse"
     reference_s: float = 5.0
     calm_wait_s: float = 60.0
-    cold_weights_mb: float = 64.0
+    cold_weights_mb: float | None = None
     op_replicas: int | None = None
 
     def __post_init__(self) -> None:
@@ -82,8 +82,9 @@ class Protocol:
             raise FastVitNasError(f"reference_s must be >= 0 (0: no speed reference), got {self.reference_s!r}")
         if self.calm_wait_s < 0:
             raise FastVitNasError(f"calm_wait_s must be >= 0 (0: never wait), got {self.calm_wait_s!r}")
-        if self.cold_weights_mb < 0:
-            raise FastVitNasError(f"cold_weights_mb must be >= 0 (0: warm weights), got {self.cold_weights_mb!r}")
+        if self.cold_weights_mb is not None and self.cold_weights_mb < 0:
+            raise FastVitNasError(f"cold_weights_mb must be >= 0 (0: warm weights, None: the backend's default), "
+                                  f"got {self.cold_weights_mb!r}")
         for name, least in (("passes", 1), ("network_passes", 1), ("extra_passes", 0), ("agree_tol", 0)):
             if getattr(self, name) < least:
                 raise FastVitNasError(f"{name} must be >= {least}, got {getattr(self, name)!r}")
@@ -153,7 +154,7 @@ def weight_copies(module: nn.Module, protocol: Protocol) -> int:
     `protocol.cold_weights_mb` of weights together, so each call finds its weights beyond the last-level cache.
     """
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-    if protocol.cold_weights_mb <= 0 or weight_bytes == 0:
+    if not protocol.cold_weights_mb or weight_bytes == 0:
         return 1
     return int(min(MAX_WEIGHT_COPIES, math.ceil(protocol.cold_weights_mb * 1e6 / weight_bytes)))
 

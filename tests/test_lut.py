@@ -453,11 +453,17 @@ def test_onnxruntime_replicas_run_side_by_side_in_one_session_each_with_its_own_
     assert len(convs) == 3 and len({n.input[1] for n in convs}) == 3
 
 
-def test_onnxruntime_times_ops_with_warm_weights_and_says_so():
-    backend = get_backend("onnxruntime", threads=1, protocol=Protocol(cold_weights_mb=64.0))
-    assert backend.protocol.cold_weights_mb == 0.0 and new_meta(backend, IMG, 1).protocol["cold_weights_mb"] == 0.0
+def test_cold_weights_default_by_backend_and_onnxruntime_refuses_them_in_one_line(tmp_path, capsys):
+    assert get_backend("torch", threads=1).protocol.cold_weights_mb == 64.0
+    warm = get_backend("onnxruntime", threads=1)
+    assert warm.protocol.cold_weights_mb == 0.0 and new_meta(warm, IMG, 1).protocol["cold_weights_mb"] == 0.0
     with pytest.raises(FastVitNasError, match="warm weights only"):
-        backend.time_module(torch.nn.Conv2d(8, 8, 3), (1, 8, 16, 16), copies=2)
+        warm.time_module(torch.nn.Conv2d(8, 8, 3), (1, 8, 16, 16), copies=2)
+    assert main(["lut", "build", "--backend", "onnxruntime", "--cold-weights-mb", "64", "--space", "tiny",
+                 "--out", str(tmp_path / "cold.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cold-weights-mb" in err[0] and not (tmp_path / "cold.parquet").exists()
+
 
 
 @pytest.mark.parametrize("field, before, other", [("cold_weights_mb", 0.0, 64.0), ("op_replicas", 1, 8)])

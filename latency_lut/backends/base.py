@@ -34,6 +34,9 @@ class Backend(ABC):
     name: ClassVar[str]
     default_op_replicas: ClassVar[int] = 1
     """Copies of an op per timed call when the protocol leaves it open (`Protocol.op_replicas`)."""
+    default_cold_weights_mb: ClassVar[float] = 64.0
+    """Megabytes of weight copies an op is timed through when the protocol leaves it open
+    (`Protocol.cold_weights_mb`, `measure.weight_copies`)."""
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 2,
                  protocol: Protocol | None = None) -> None:
@@ -48,7 +51,9 @@ class Backend(ABC):
         self.threads = threads
         protocol = protocol or Protocol()
         self.protocol = replace(protocol, allocator=apply_allocator(protocol.allocator),
-                                op_replicas=protocol.op_replicas or self.default_op_replicas)
+                                op_replicas=protocol.op_replicas or self.default_op_replicas,
+                                cold_weights_mb=self.default_cold_weights_mb if protocol.cold_weights_mb is None
+                                else protocol.cold_weights_mb)
 
     def fingerprint(self) -> dict[str, str | int]:
         return fingerprint(self.device, self.threads)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -151,10 +150,21 @@ class OnnxRuntime(Backend):
 
     name = "onnxruntime"
     default_op_replicas = 8
+    default_cold_weights_mb = 0.0
 
     def __init__(self, *args, **kwargs) -> None:
+        """Refuses cold weights: torch runs an op's weight copies in turn, one per call, but as ONNX Runtime sessions
+        copies slowed each other (each session's thread pool spins on after a run; 64 copies timed 2.25x the warm
+        sum), and a session runs every copy in its graph whichever outputs are asked for. Run side by side in one
+        graph instead, 64 MB of copies gave the default space's 128 px table a spread of predicted/measured of 13 %
+        against 4 % between two measurements of the networks (64 % within ±10 %; attention blocks, whose copies'
+        activations crowd the cache too, up to 52 % too slow), where warm tables kept 5.7-8 % (92 % within ±10 %
+        on a calm host), and a build of 1129 s against 390-446 s (`benchmarks/results/lut_fidelity_cold64_*.json`,
+        `lut_fidelity_warm_*.json`, `lut_fidelity_rc_*.json`)."""
         super().__init__(*args, **kwargs)
-        self.protocol = replace(self.protocol, cold_weights_mb=0.0)
+        if self.protocol.cold_weights_mb:
+            raise FastVitNasError(f"--cold-weights-mb: --backend onnxruntime times ops with warm weights only (0), "
+                                  f"got {self.protocol.cold_weights_mb:g}")
         if self.dtype == "bfloat16" or (self.dtype == "float16" and self.device == "cpu"):
             raise FastVitNasError(f"--backend onnxruntime: dtype {self.dtype} is not supported on {self.device} "
                                   "(use fp32, or fp16 on cuda)")
@@ -164,8 +174,7 @@ class OnnxRuntime(Backend):
 
     def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
                     replicas: int = 1) -> Timing:
-        """Ops are timed with warm weights (`copies` 1): each session has its own thread pool, whose threads spin
-        on after a run, so copies as sessions slowed each other (64 of them timed 2.25x the warm sum)."""
+        """Ops are timed with warm weights (`copies` 1, `__init__`)."""
         if copies != 1:
             raise FastVitNasError("--backend onnxruntime times ops with warm weights only (cold_weights_mb 0)")
         sess = session(replicated(export_onnx(module, in_shape, self.dtype), replicas), self.device, self.threads)
