@@ -465,7 +465,6 @@ def test_cold_weights_default_by_backend_and_onnxruntime_refuses_them_in_one_lin
     assert len(err) == 1 and "--cold-weights-mb" in err[0] and not (tmp_path / "cold.parquet").exists()
 
 
-
 @pytest.mark.parametrize("field, before, other", [("cold_weights_mb", 0.0, 64.0), ("op_replicas", 1, 8)])
 def test_measuring_regimes_are_never_mixed(tmp_path, tiny_specs, field, before, other):
     """A LUT written before a regime field was recorded means its old value (warm weights, one op per call):

@@ -145,6 +145,9 @@ def time_session(sess: ort.InferenceSession, protocol, dtype: str = "float32", r
     return measure(wall_clock(lambda: sess.run(None, feed)), protocol, replicas)
 
 
+WARM_ONLY = "--backend onnxruntime times ops with warm weights only (cold_weights_mb 0, one copy)"
+
+
 class OnnxRuntime(Backend):
     """Ops and networks exported to ONNX and run by onnxruntime."""
 
@@ -163,8 +166,7 @@ class OnnxRuntime(Backend):
         `lut_fidelity_warm_*.json`, `lut_fidelity_rc_*.json`)."""
         super().__init__(*args, **kwargs)
         if self.protocol.cold_weights_mb:
-            raise FastVitNasError(f"--cold-weights-mb: --backend onnxruntime times ops with warm weights only (0), "
-                                  f"got {self.protocol.cold_weights_mb:g}")
+            raise FastVitNasError(f"--cold-weights-mb: {WARM_ONLY}, got {self.protocol.cold_weights_mb:g}")
         if self.dtype == "bfloat16" or (self.dtype == "float16" and self.device == "cpu"):
             raise FastVitNasError(f"--backend onnxruntime: dtype {self.dtype} is not supported on {self.device} "
                                   "(use fp32, or fp16 on cuda)")
@@ -176,7 +178,7 @@ class OnnxRuntime(Backend):
                     replicas: int = 1) -> Timing:
         """Ops are timed with warm weights (`copies` 1, `__init__`)."""
         if copies != 1:
-            raise FastVitNasError("--backend onnxruntime times ops with warm weights only (cold_weights_mb 0)")
+            raise FastVitNasError(f"copies: {WARM_ONLY}, got {copies}")
         sess = session(replicated(export_onnx(module, in_shape, self.dtype), replicas), self.device, self.threads)
         return time_session(sess, self.protocol, self.dtype, replicas)
 
