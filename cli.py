@@ -209,13 +209,15 @@ def _lut_export_ops(args: argparse.Namespace) -> None:
     space = _lut_space(args)
     specs = _lut_specs(args) + (space_specs(space, args.img_size, args.batch, args.seed) if space else [])
     calib = space.sample(args.calib, CALIBRATION_SEED) if space else []
-    print(export_ops(Path(args.out), specs, args.img_size, args.batch, calib, args.op_replicas))
+    print(export_ops(Path(args.out), specs, args.img_size, args.batch, calib, args.op_replicas, args.format,
+                     args.coreml_precision, progress=True))
 
 
 def _lut_import(args: argparse.Namespace) -> None:
     from .latency_lut import import_results
 
-    table = import_results(Path(args.results), Path(args.manifest), args.device_name, Path(args.out), args.runtime)
+    table = import_results(Path(args.results), Path(args.manifest), args.device_name, Path(args.out), args.runtime,
+                           args.format)
     print(table.describe())
 
 
@@ -293,11 +295,16 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("lut")
     predict.add_argument("spec", nargs="+", help="preset name or spec.json")
     predict.set_defaults(func=_lut_predict)
-    export = actions.add_parser("export-ops", help="write each op as ONNX + manifest, to time on another device")
+    export = actions.add_parser("export-ops", help="write each op as ONNX and/or Core ML + manifest, to time on "
+                                                   "another device")
     _add_lut_source_args(export)
     export.add_argument("--op-replicas", type=int, default=1,
                         help="copies of each op side by side in its file, so the device's fixed cost per run is "
                              "shared among them (8 matches --backend onnxruntime here); the import divides")
+    export.add_argument("--format", nargs="+", default=["onnx"], help="onnx and/or coreml (Core ML needs "
+                        "coremltools: pip install 'fastvit-nas[coreml]')")
+    export.add_argument("--coreml-precision", default="fp16", help="fp16 (Core ML's default, the Neural Engine's) "
+                        "or fp32")
     export.add_argument("--out", required=True, help="output folder")
     export.set_defaults(func=_lut_export_ops)
     imp = actions.add_parser("import", help="build a LUT from latencies measured on another device")
@@ -305,6 +312,7 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--manifest", required=True, help="manifest.json written by export-ops")
     imp.add_argument("--device-name", required=True, help="the device's name (its fingerprint)")
     imp.add_argument("--runtime", default="unknown", help="runtime and version used on the device")
+    imp.add_argument("--format", help="which of the manifest's formats the results timed (default: its only one)")
     imp.add_argument("--out", required=True)
     imp.set_defaults(func=_lut_import)
     merge = actions.add_parser("merge", help="merge LUTs of the same device and settings")

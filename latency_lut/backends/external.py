@@ -1,11 +1,12 @@
 """The external backend: for devices this machine cannot drive (phones, NPUs, other servers).
 
-`export_ops` writes every unique op (and a few whole networks, for calibration) as a standalone ONNX model
-with a static input shape, plus a manifest; the user times them on the device with any tool and returns a
-CSV with columns `key,latency_ms`; `import_results` turns that into a LUT whose fingerprint is the device
-name given, calibrated when the networks were timed too. With `op_replicas` > 1 each op file holds that many
-copies side by side (`onnxruntime.replicated`), as ONNX Runtime times ops here, so a runtime's fixed cost per
-run is not charged to every op; the user times each file as it is, and the import divides.
+`export_ops` writes every unique op (and a few whole networks, for calibration) as a standalone model with a
+static input shape, in ONNX and/or Core ML (`coreml.py`), plus a manifest; the user times them on the device
+with any tool and returns a CSV with columns `key,latency_ms`; `import_results` turns that into a LUT whose
+fingerprint is the device name given, calibrated when the networks were timed too. With `op_replicas` > 1 each
+op file holds that many copies side by side (`onnxruntime.replicated`), as ONNX Runtime times ops here, so a
+runtime's fixed cost per run is not charged to every op; the user times each file as it is, and the import
+divides.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
+from tqdm import tqdm
 
 from ...errors import FastVitNasError
 from ...fastvit.model import build_model
@@ -27,46 +32,73 @@ from ..measure import Timing
 from ..modules import op_module
 from ..ops import Op, unique_ops
 from ..table import LatencyTable, LutMeta
+from .coreml import DEPLOYMENT_TARGET, coremltools_module, export_coreml
 from .onnxruntime import OPSET, export_onnx, replicated
 
 MANIFEST_VERSION = 1
 NETWORK_PREFIX = "network-"
 RESULT_COLUMNS = ("key", "latency_ms")
+FORMATS = {"onnx": ".onnx", "coreml": ".mlpackage"}
+"""File formats `export_ops` writes, with their suffixes: ONNX for Android and most runtimes, Core ML for Apple."""
 
 
-def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int,
-               calibration: list[ArchSpec] = (), op_replicas: int = 1) -> Path:
-    """Write `out/ops/*.onnx`, `out/networks/*.onnx`, `manifest.json`, `manifest.csv`; returns the JSON path."""
+def _write(fmt: str, make_module: Callable[[], nn.Module], in_shape: tuple[int, ...], path: Path, replicas: int,
+           coreml_precision: str) -> None:
+    if fmt == "onnx":
+        path.write_bytes(replicated(export_onnx(make_module(), in_shape), replicas))
+    else:
+        export_coreml(make_module, in_shape, path, coreml_precision, replicas)
+
+
+def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, calibration: list[ArchSpec] = (),
+               op_replicas: int = 1, formats: Sequence[str] = ("onnx",), coreml_precision: str = "fp16",
+               progress: bool = False) -> Path:
+    """Write each op to `out/ops/` and each calibration network to `out/networks/`, once per format, with
+    `manifest.json` and `manifest.csv`; returns the JSON path."""
     if op_replicas < 1:
         raise FastVitNasError(f"--op-replicas: must be >= 1, got {op_replicas}")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise FastVitNasError(f"--format: must be among {', '.join(FORMATS)}, got {', '.join(unknown) or 'none'}")
+    if "coreml" in formats:
+        coremltools_module(coreml_precision)
     out = Path(out)
     (out / "ops").mkdir(parents=True, exist_ok=True)
-    entries: list[dict[str, Any]] = []
-    for op in unique_ops(list(specs) + list(calibration), img_size, batch).values():
-        name = f"ops/op_{len(entries):05d}.onnx"
-        (out / name).write_bytes(replicated(export_onnx(op_module(op), op.in_shape), op_replicas))
-        entries.append({"key": op.key, "kind": "op", "file": name, "input_shape": list(op.in_shape),
-                        "replicas": op_replicas, **op.columns()})
     if calibration:
         (out / "networks").mkdir(exist_ok=True)
-    for spec in calibration:
-        name = f"networks/{spec.arch_id}.onnx"
-        shape = (batch, spec.in_chans, img_size, img_size)
-        (out / name).write_bytes(export_onnx(build_model(spec, inference=True), shape))
-        entries.append({"key": NETWORK_PREFIX + spec.arch_id, "kind": "network", "file": name,
-                        "input_shape": list(shape), "spec": spec.to_dict()})
+    ops = unique_ops(list(specs) + list(calibration), img_size, batch).values()
+    items = [("op", op) for op in ops] + [("network", spec) for spec in calibration]
+    entries: list[dict[str, Any]] = []
+    for kind, item in tqdm(items, desc="export", unit="model", disable=not progress):
+        if kind == "op":
+            stem, shape, replicas = f"ops/op_{len(entries):05d}", item.in_shape, op_replicas
+            entry = {"key": item.key, "kind": kind, "input_shape": list(shape), "replicas": replicas,
+                     **item.columns()}
+            make_module = partial(op_module, item)
+        else:
+            stem, shape, replicas = f"networks/{item.arch_id}", (batch, item.in_chans, img_size, img_size), 1
+            entry = {"key": NETWORK_PREFIX + item.arch_id, "kind": kind, "input_shape": list(shape),
+                     "spec": item.to_dict()}
+            make_module = partial(build_model, item, inference=True)
+        files = {fmt: stem + FORMATS[fmt] for fmt in formats}
+        for fmt, name in files.items():
+            _write(fmt, make_module, shape, out / name, replicas, coreml_precision)
+        entries.append({**entry, "file": files[formats[0]], "files": files})
     manifest = {"manifest_version": MANIFEST_VERSION, "img_size": img_size, "batch": batch, "dtype": "float32",
-                "layout": "NCHW", "format": "onnx", "opset": OPSET, "torch_version": torch.__version__,
+                "layout": "NCHW", "formats": list(formats), "opset": OPSET, "torch_version": torch.__version__,
                 "op_replicas": op_replicas,
                 "results": "CSV with columns key,latency_ms (milliseconds per run of the file, one row per entry; "
                            "an op file holds `replicas` copies, and the import divides by them)", "entries": entries}
+    if "coreml" in formats:
+        manifest["coreml"] = {"precision": coreml_precision, "deployment_target": DEPLOYMENT_TARGET,
+                              "coremltools_version": coremltools_module().__version__}
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     with (out / "manifest.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["key", "kind", "file", "input_shape"])
+        writer.writerow(["key", "kind", "input_shape", *(f"{fmt}_file" for fmt in formats)])
         for e in entries:
-            writer.writerow([e["key"], e["kind"], e["file"], "x".join(map(str, e["input_shape"]))])
+            writer.writerow([e["key"], e["kind"], "x".join(map(str, e["input_shape"])), *e["files"].values()])
     return path
 
 
@@ -106,10 +138,24 @@ def read_results(path: Path) -> dict[str, float]:
     return dict(zip(frame["key"].astype(str), values.astype(float), strict=True))
 
 
+def measured_format(manifest: dict[str, Any], fmt: str | None, where: Path) -> tuple[str, str]:
+    """The format the results timed (`fmt`, or the manifest's only one) and the dtype it computes in."""
+    formats = manifest.get("formats") or [manifest.get("format", "onnx")]
+    if fmt is None and len(formats) > 1:
+        raise FastVitNasError(f"--format: {where} holds {', '.join(formats)}; say which one the results timed")
+    fmt = fmt or formats[0]
+    if fmt not in formats:
+        raise FastVitNasError(f"--format: {where} holds {', '.join(formats)}, not {fmt}")
+    half = fmt == "coreml" and manifest.get("coreml", {}).get("precision") == "fp16"
+    return fmt, "float16" if half else manifest["dtype"]
+
+
 def import_results(results: Path, manifest_path: Path, device_name: str, out: Path,
-                   runtime: str = "unknown") -> LatencyTable:
-    """Build (or extend) the LUT at `out` for `device_name` from device-measured latencies."""
+                   runtime: str = "unknown", fmt: str | None = None) -> LatencyTable:
+    """Build (or extend) the LUT at `out` for `device_name` from device-measured latencies of the manifest's
+    `fmt` files (Core ML in fp16 makes a float16 table, which never merges with a float32 one)."""
     manifest = read_manifest(manifest_path)
+    fmt, dtype = measured_format(manifest, fmt, Path(manifest_path))
     latencies = read_results(results)
     entries = {e["key"]: e for e in manifest["entries"]}
     unknown = [k for k in latencies if k not in entries]
@@ -119,9 +165,9 @@ def import_results(results: Path, manifest_path: Path, device_name: str, out: Pa
     if missing:
         raise FastVitNasError(f"{results}: lacks {len(missing)} op(s) of the manifest (first: {missing[0]})")
     meta = LutMeta(backend="external", backend_version=runtime, torch_version=manifest["torch_version"],
-                   device={"kind": "external", "name": device_name}, dtype=manifest["dtype"],
+                   device={"kind": "external", "name": device_name}, dtype=dtype,
                    batch=manifest["batch"], img_size=manifest["img_size"], threads=None, layout=manifest["layout"],
-                   protocol={"source": "external", "results": Path(results).name,
+                   protocol={"source": "external", "results": Path(results).name, "format": fmt,
                              "op_replicas": manifest.get("op_replicas", 1)})
     table = LatencyTable(meta)
     if Path(out).exists():
