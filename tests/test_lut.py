@@ -216,6 +216,39 @@ def test_bad_op_replicas_get_one_line(tmp_path, capsys):
     assert not (tmp_path / "l.parquet").exists()
 
 
+def test_killed_export_resumes_without_rewriting_and_other_settings_are_refused(tmp_path, tiny_specs, monkeypatch,
+                                                                               capsys):
+    """A file is whole under its final name or not there: a rerun writes only what is missing."""
+    from fastvit_nas.latency_lut.backends import external
+
+    specs, written = tiny_specs[:3], []
+    real_export = external.export_onnx
+
+    def dies_after_five(module, in_shape):
+        if len(written) == 5:
+            raise KeyboardInterrupt
+        written.append(in_shape)
+        return real_export(module, in_shape)
+
+    monkeypatch.setattr(external, "export_onnx", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        export_ops(tmp_path / "e", specs, IMG, 1, calibration=specs[:1], op_replicas=2)
+    assert len(list((tmp_path / "e" / "ops").glob("*.onnx"))) == 5
+    assert not (tmp_path / "e" / "manifest.json").exists()
+    monkeypatch.setattr(external, "export_onnx", real_export)
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "e" / "ops").glob("*.onnx")}
+    manifest = export_ops(tmp_path / "e", specs, IMG, 1, calibration=specs[:1], op_replicas=2)
+    entries = json.loads(manifest.read_text())["entries"]
+    assert len(entries) == len(unique_ops(specs, IMG)) + 1
+    assert all((tmp_path / "e" / e["file"]).is_file() for e in entries)
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # kept, not rewritten
+    assert not list((tmp_path / "e").rglob(".partial-*"))
+    assert main(["lut", "export-ops", "--space", "tiny", "--img-size", str(IMG), "--op-replicas", "8",
+                 "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "op_replicas=2" in err[0] and "op_replicas=8" in err[0]
+
+
 def test_import_refuses_wrong_columns_and_units(tmp_path, tiny_specs, capsys):
     manifest = export_ops(tmp_path / "export", tiny_specs[:1], IMG, 1)
     pd.DataFrame({"key": ["x"], "latency_us": [3.0]}).to_csv(tmp_path / "r.csv", index=False)

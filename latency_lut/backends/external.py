@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -38,23 +39,53 @@ from .onnxruntime import OPSET, export_onnx, replicated
 MANIFEST_VERSION = 1
 NETWORK_PREFIX = "network-"
 RESULT_COLUMNS = ("key", "latency_ms")
+EXPORT_SETTINGS = "export.json"
 FORMATS = {"onnx": ".onnx", "coreml": ".mlpackage"}
 """File formats `export_ops` writes, with their suffixes: ONNX for Android and most runtimes, Core ML for Apple."""
 
 
 def _write(fmt: str, make_module: Callable[[], nn.Module], in_shape: tuple[int, ...], path: Path, replicas: int,
            coreml_precision: str) -> None:
-    if fmt == "onnx":
-        path.write_bytes(replicated(export_onnx(make_module(), in_shape), replicas))
+    """Write one file under a temporary name and rename it when complete, so that a file under its final name is
+    always whole: an export killed midway resumes by skipping those."""
+    partial_path = path.with_name(f".partial-{path.name}")  # the suffix stays: coremltools saves by it
+    if partial_path.is_dir():  # an ML program is a folder
+        shutil.rmtree(partial_path)
     else:
-        export_coreml(make_module, in_shape, path, coreml_precision, replicas)
+        partial_path.unlink(missing_ok=True)
+    if fmt == "onnx":
+        partial_path.write_bytes(replicated(export_onnx(make_module(), in_shape), replicas))
+    else:
+        export_coreml(make_module, in_shape, partial_path, coreml_precision, replicas)
+    partial_path.rename(path)
+
+
+def _claim(out: Path, settings: dict[str, Any]) -> None:
+    """Record the export's settings in `out`, or refuse a folder holding an export made with other settings: its
+    files would be skipped as done, though they are not what was asked for."""
+    path = out / EXPORT_SETTINGS
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        for name, value in settings.items():
+            if earlier.get(name) != value:
+                raise FastVitNasError(f"{out}: holds an export with {name}={earlier.get(name)!r}, this one has "
+                                      f"{name}={value!r}; use another --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings) + "\n")
+
+
+def file_stem(key: str) -> str:
+    """A file name from an op key, readable and the same on every run (so a resumed export finds its files) and
+    free of `:`, which macOS and Windows refuse."""
+    return key.replace(":", "_")
 
 
 def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, calibration: list[ArchSpec] = (),
                op_replicas: int = 1, formats: Sequence[str] = ("onnx",), coreml_precision: str = "fp16",
                progress: bool = False) -> Path:
     """Write each op to `out/ops/` and each calibration network to `out/networks/`, once per format, with
-    `manifest.json` and `manifest.csv`; returns the JSON path."""
+    `manifest.json` and `manifest.csv`; returns the JSON path. Files already in `out` from an earlier run with the
+    same settings are kept, so an export that was killed (the full space in Core ML takes half an hour) resumes."""
     if op_replicas < 1:
         raise FastVitNasError(f"--op-replicas: must be >= 1, got {op_replicas}")
     unknown = [f for f in formats if f not in FORMATS]
@@ -63,7 +94,9 @@ def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, cali
     if "coreml" in formats:
         coremltools_module(coreml_precision)
     out = Path(out)
-    (out / "ops").mkdir(parents=True, exist_ok=True)
+    _claim(out, {"img_size": img_size, "batch": batch, "op_replicas": op_replicas, "formats": list(formats),
+                 "opset": OPSET, "coreml_precision": coreml_precision if "coreml" in formats else None})
+    (out / "ops").mkdir(exist_ok=True)
     if calibration:
         (out / "networks").mkdir(exist_ok=True)
     ops = unique_ops(list(specs) + list(calibration), img_size, batch).values()
@@ -71,7 +104,7 @@ def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, cali
     entries: list[dict[str, Any]] = []
     for kind, item in tqdm(items, desc="export", unit="model", disable=not progress):
         if kind == "op":
-            stem, shape, replicas = f"ops/op_{len(entries):05d}", item.in_shape, op_replicas
+            stem, shape, replicas = f"ops/{file_stem(item.key)}", item.in_shape, op_replicas
             entry = {"key": item.key, "kind": kind, "input_shape": list(shape), "replicas": replicas,
                      **item.columns()}
             make_module = partial(op_module, item)
@@ -82,7 +115,8 @@ def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, cali
             make_module = partial(build_model, item, inference=True)
         files = {fmt: stem + FORMATS[fmt] for fmt in formats}
         for fmt, name in files.items():
-            _write(fmt, make_module, shape, out / name, replicas, coreml_precision)
+            if not (out / name).exists():
+                _write(fmt, make_module, shape, out / name, replicas, coreml_precision)
         entries.append({**entry, "file": files[formats[0]], "files": files})
     manifest = {"manifest_version": MANIFEST_VERSION, "img_size": img_size, "batch": batch, "dtype": "float32",
                 "layout": "NCHW", "formats": list(formats), "opset": OPSET, "torch_version": torch.__version__,
