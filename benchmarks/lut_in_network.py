@@ -8,9 +8,13 @@ is made `--offsets` blocks shallower and deeper; every variant is timed end-to-e
 protocol in each of `--rounds` rounds, interleaved so that a slow spell of the shared host lands on all variants
 alike. The slope of the per-variant medians over depth is one block's in-network cost (its spread: the standard
 deviation of the slope over rounds resampled with replacement), compared with the block's table entry, raw and as
-the calibration scales it. Needs the run's LUT file (`results[i].lut`).
+the calibration scales it. With `--sample K`, K blocks of each (block kind, resolution) met in the held-out specs
+are probed too, each in a light network (its spec with every other stage one block deep): the factor is mostly
+the block's own, not its network's (the same block cost 1.27-1.39 times its entry in a light, its own and a heavier
+network), so these map how the factor varies over the space. Needs the run's LUT file (`results[i].lut`).
 
     .venv/bin/python benchmarks/lut_in_network.py benchmarks/results/lut_fidelity_rc_onnxruntime_128.json
+    .venv/bin/python benchmarks/lut_in_network.py RUN.json --worst 0 --best 0 --sample 4 --rounds 8
 """
 
 from __future__ import annotations
@@ -48,12 +52,38 @@ def slope_and_spread(depths: list[int], rounds: np.ndarray, seed: int = 0) -> tu
     return slope, float(np.std(resampled))
 
 
-def probe(spec: ArchSpec, error: float, table: LatencyTable, predictor: Predictor, offsets: list[int],
-          rounds: int) -> dict:
-    """Time `spec` with its deepest stage at each offset of depth, interleaved over rounds; compare the slope."""
+def deepest(spec: ArchSpec) -> int:
+    return max(range(len(spec.stages)), key=lambda i: spec.stages[i].depth)
+
+
+def light(spec: ArchSpec, stage: int) -> ArchSpec:
+    """`spec` with every stage but `stage` one block deep: a small network around that stage's block."""
+    stages = tuple(s if i == stage else dataclasses.replace(s, depth=1) for i, s in enumerate(spec.stages))
+    return dataclasses.replace(spec, stages=stages)
+
+
+def sampled_blocks(specs: list[ArchSpec], img_size: int, batch: int, per_group: int,
+                   seed: int = 0) -> list[tuple[ArchSpec, int]]:
+    """Up to `per_group` distinct (spec, stage) of each (block kind, resolution), in light networks."""
+    groups: dict[tuple[str, int], dict[str, tuple[ArchSpec, int]]] = {}
+    for spec in specs:
+        for op, _ in op_counts(spec, img_size, batch):
+            if op.module_path.endswith(".blocks.0"):
+                stage = int(op.module_path.split(".")[1])
+                groups.setdefault((op.op_type, op.in_h), {}).setdefault(op.key, (light(spec, stage), stage))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for key in sorted(groups):
+        pool = list(groups[key].values())
+        chosen += [pool[i] for i in rng.permutation(len(pool))[:per_group]]
+    return chosen
+
+
+def probe(spec: ArchSpec, stage: int, error: float | None, table: LatencyTable, predictor: Predictor,
+          offsets: list[int], rounds: int) -> dict:
+    """Time `spec` with `stage` at each offset of depth, interleaved over rounds; compare the slope."""
     meta = table.meta
     backend = backend_for(meta)
-    stage = max(range(len(spec.stages)), key=lambda i: spec.stages[i].depth)
     depth = spec.stages[stage].depth
     depths = sorted({depth + o for o in offsets if depth + o >= 1})
     variants = [with_depth(spec, stage, d) for d in depths]
@@ -65,11 +95,26 @@ def probe(spec: ArchSpec, error: float, table: LatencyTable, predictor: Predicto
     entry = float(table.rows.loc[table.rows["key"] == block.key, "latency_ms"].iloc[0])
     t = OP_TYPES.index(block.op_type)
     calibrated = entry * predictor.calibration.scales[t] + predictor.calibration.call_ms[t]
-    return {"arch_id": spec.arch_id, "error_pct": error * 100, "stage": stage, "mixer": spec.stages[stage].mixer,
+    return {"arch_id": spec.arch_id, "error_pct": None if error is None else error * 100, "stage": stage,
+            "resolution": block.in_h, "mixer": spec.stages[stage].mixer,
             "width": spec.stages[stage].width, "depth": depth, "block": block.key, "depths": depths,
             "median_ms": np.median(times, axis=0).tolist(), "entry_ms": entry, "calibrated_entry_ms": calibrated,
             "slope_ms": slope, "slope_sd_ms": spread, "slope_over_entry": slope / entry,
             "slope_over_calibrated": slope / calibrated}
+
+
+RELIABLE = 0.12
+"""A slope whose bootstrap sd is under this share of it enters the summary; tiny blocks at low depth give slopes
+that the networks' own noise swamps."""
+
+
+def summary(probes: list[dict]) -> dict[str, list[float]]:
+    """Factor (slope / entry) range per block kind and resolution, over the reliable probes."""
+    groups: dict[str, list[float]] = {}
+    for r in probes:
+        if r["slope_sd_ms"] < RELIABLE * abs(r["slope_ms"]):
+            groups.setdefault(f"{r['mixer']} {r['resolution']}x{r['resolution']}", []).append(r["slope_over_entry"])
+    return {k: [min(v), float(np.median(v)), max(v), len(v)] for k, v in sorted(groups.items())}
 
 
 def main() -> None:
@@ -78,32 +123,44 @@ def main() -> None:
     parser.add_argument("--config", type=int, default=0, help="which of its results (backend, size) to probe")
     parser.add_argument("--worst", type=int, default=3, help="most under-predicted specs to probe")
     parser.add_argument("--best", type=int, default=2, help="most over-predicted specs to probe")
+    parser.add_argument("--sample", type=int, default=0,
+                        help="blocks of each (kind, resolution) to probe in light networks")
     parser.add_argument("--offsets", type=int, nargs="+", default=[-8, -4, 0, 4, 8],
-                        help="blocks added to the deepest stage (negative: removed)")
+                        help="blocks added to the probed stage (negative: removed)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", default=str(RESULTS / "lut_in_network.json"))
     args = parser.parse_args()
     run = json.loads(Path(args.fidelity).read_text())
     config = run["results"][args.config]
     table = LatencyTable.load(Path(config["lut"]))
+    meta = table.meta
     predictor = Predictor(table)
     per_spec = config["per_spec"]
     errors = np.asarray(per_spec["predicted_ms"]) / np.asarray(per_spec["measured_ms"]) - 1
-    specs = {s.arch_id: s for s in resolve_space(run["args"]["space"]).sample(run["args"]["n"], run["args"]["seed"])}
+    held_out = resolve_space(run["args"]["space"]).sample(run["args"]["n"], run["args"]["seed"])
+    specs = {s.arch_id: s for s in held_out}
     order = np.argsort(errors)
-    chosen = [*order[:args.worst], *order[len(order) - args.best:]]
+    worst_and_best = [specs[per_spec["arch_id"][i]] for i in [*order[:args.worst], *order[len(order) - args.best:]]]
+    error_of = dict(zip(per_spec["arch_id"], errors.tolist(), strict=True))
+    probes = [(spec, deepest(spec), error_of[spec.arch_id]) for spec in worst_and_best]
+    probes += [(spec, stage, None) for spec, stage in sampled_blocks(held_out, meta.img_size, meta.batch, args.sample)]
     result = {"args": vars(args), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "device": table.meta.device, "backend": table.meta.backend, "img_size": table.meta.img_size,
+              "device": meta.device, "backend": meta.backend, "img_size": meta.img_size,
               "calibration_model": predictor.calibration.model, "probes": []}
-    print(f"{'error':>7} {'stage':>5} {'mixer':>9} {'width':>5} {'depth':>5} {'entry':>7} {'calib.':>7} "
+    print(f"{'error':>7} {'stage':>5} {'res':>3} {'mixer':>9} {'width':>5} {'depth':>5} {'entry':>7} {'calib.':>7} "
           f"{'slope':>7} {'sd':>6} {'/entry':>6} {'/calib.':>7}")
-    for i in chosen:
-        r = probe(specs[per_spec["arch_id"][i]], float(errors[i]), table, predictor, args.offsets, args.rounds)
+    for spec, stage, error in probes:
+        r = probe(spec, stage, error, table, predictor, args.offsets, args.rounds)
         result["probes"].append(r)
+        result["summary"] = summary(result["probes"])
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"{r['error_pct']:+6.1f}% {r['stage']:5d} {r['mixer']:>9} {r['width']:5d} {r['depth']:5d} "
+        shown = "  light" if error is None else f"{r['error_pct']:+6.1f}%"
+        print(f"{shown} {r['stage']:5d} {r['resolution']:3d} {r['mixer']:>9} {r['width']:5d} {r['depth']:5d} "
               f"{r['entry_ms']:7.4f} {r['calibrated_entry_ms']:7.4f} {r['slope_ms']:7.4f} {r['slope_sd_ms']:6.4f} "
               f"{r['slope_over_entry']:6.2f} {r['slope_over_calibrated']:7.2f}", flush=True)
+    print(f"factor (slope / entry) where the slope's sd is under {RELIABLE:.0%} of it: min, median, max, probes")
+    for group, (low, mid, high, n) in result["summary"].items():
+        print(f"  {group:>18}: {low:.2f} {mid:.2f} {high:.2f} ({n})")
     print(f"wrote {args.out}")
 
 
