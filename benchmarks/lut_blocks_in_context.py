@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from lut_in_network import light, with_depth
+from lut_in_network import light, load_run, with_depth
 from tqdm import tqdm
 
 from fastvit_nas.fastvit.spec import ArchSpec
-from fastvit_nas.latency_lut import LatencyTable, Predictor, fit_calibration, resolve_space
+from fastvit_nas.latency_lut import LatencyTable, Predictor, fit_calibration
 from fastvit_nas.latency_lut.build import measure_network
 from fastvit_nas.latency_lut.ops import op_counts
 from fastvit_nas.latency_lut.validate import backend_for, figures
@@ -68,16 +68,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timings of each network; the fastest is kept")
     parser.add_argument("--out", default=str(RESULTS / "lut_blocks_in_context.json"))
     args = parser.parse_args()
-    run = json.loads(Path(args.fidelity).read_text())
-    config = run["results"][args.config]
-    table = LatencyTable.load(Path(config["lut"]))
+    run = load_run(args.fidelity, args.config)
+    table, held_out = run.table, run.held_out
     meta = table.meta
     backend = backend_for(meta)
     points = meta.calibration["points"]
     calibration = [ArchSpec.from_dict(p["spec"]) for p in points]
     calibration_ms = np.array([p["measured_ms"] for p in points])
-    held_out = resolve_space(run["args"]["space"]).sample(run["args"]["n"], run["args"]["seed"])
-    held_out_ms = np.asarray(config["per_spec"]["measured_ms"])
+    held_out_ms = np.asarray(run.per_spec["measured_ms"])
     around = contexts(calibration + held_out, meta.img_size, meta.batch)
     fastest = {key: [np.inf, np.inf] for key in around}
     start = time.time()

@@ -103,6 +103,22 @@ def probe(spec: ArchSpec, stage: int, error: float | None, table: LatencyTable, 
             "slope_over_calibrated": slope / calibrated}
 
 
+@dataclasses.dataclass(frozen=True)
+class FidelityRun:
+    """One configuration of a `lut_fidelity.py` results file: its table, held-out specs and their timings."""
+
+    table: LatencyTable
+    held_out: list[ArchSpec]
+    per_spec: dict
+
+
+def load_run(path: str, config: int) -> FidelityRun:
+    run = json.loads(Path(path).read_text())
+    chosen = run["results"][config]
+    held_out = resolve_space(run["args"]["space"]).sample(run["args"]["n"], run["args"]["seed"])
+    return FidelityRun(LatencyTable.load(Path(chosen["lut"])), held_out, chosen["per_spec"])
+
+
 RELIABLE = 0.12
 """A slope whose bootstrap sd is under this share of it enters the summary; tiny blocks at low depth give slopes
 that the networks' own noise swamps."""
@@ -130,14 +146,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", default=str(RESULTS / "lut_in_network.json"))
     args = parser.parse_args()
-    run = json.loads(Path(args.fidelity).read_text())
-    config = run["results"][args.config]
-    table = LatencyTable.load(Path(config["lut"]))
+    run = load_run(args.fidelity, args.config)
+    table, held_out, per_spec = run.table, run.held_out, run.per_spec
     meta = table.meta
     predictor = Predictor(table)
-    per_spec = config["per_spec"]
     errors = np.asarray(per_spec["predicted_ms"]) / np.asarray(per_spec["measured_ms"]) - 1
-    held_out = resolve_space(run["args"]["space"]).sample(run["args"]["n"], run["args"]["seed"])
     specs = {s.arch_id: s for s in held_out}
     order = np.argsort(errors)
     worst_and_best = [specs[per_spec["arch_id"][i]] for i in [*order[:args.worst], *order[len(order) - args.best:]]]
