@@ -6,8 +6,11 @@ belongs to the block rather than to its network. So this times every block op of
 held-out specs inside a light network (its spec with every other stage one block deep) at stage depth `LOW` and
 `HIGH`, keeps the fastest of `--rounds` for each, and takes the difference per added block as the block's
 in-network cost. Those costs replace the table's block entries; the calibration is refitted on the table's stored
-calibration points and scored on the run's stored held-out measurements, beside the table as it is. Two network
-timings per block per round make it several times slower than the table's own protocol.
+calibration points and scored on the run's stored held-out measurements, beside the table as it is. With
+`--retime`, the calibration and held-out networks are timed again in the same rounds, shuffled among the blocks,
+and both tables are refitted and scored on those timings instead, so a drift of the host since the run does not
+count against either. Two network timings per block per round make it several times slower than the table's own
+protocol.
 
     .venv/bin/python benchmarks/lut_blocks_in_context.py benchmarks/results/lut_fidelity_rc_onnxruntime_128.json
 """
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("fidelity", help="a results JSON of benchmarks/lut_fidelity.py")
     parser.add_argument("--config", type=int, default=0, help="which of its results (backend, size)")
     parser.add_argument("--rounds", type=int, default=3, help="timings of each network; the fastest is kept")
+    parser.add_argument("--retime", action="store_true",
+                        help="time the calibration and held-out networks again in the same rounds and score on those")
     parser.add_argument("--out", default=str(RESULTS / "lut_blocks_in_context.json"))
     args = parser.parse_args()
     run = load_run(args.fidelity, args.config)
@@ -77,16 +82,21 @@ def main() -> None:
     calibration_ms = np.array([p["measured_ms"] for p in points])
     held_out_ms = np.asarray(run.per_spec["measured_ms"])
     around = contexts(calibration + held_out, meta.img_size, meta.batch)
-    fastest = {key: [np.inf, np.inf] for key in around}
+    networks = {spec.arch_id: (spec,) for spec in calibration + held_out} if args.retime else {}
+    items = {**around, **networks}
+    fastest = {key: [np.inf] * len(variants) for key, variants in items.items()}
     start = time.time()
-    with tqdm(total=args.rounds * len(around), unit="block", desc="blocks in context") as bar:
+    with tqdm(total=args.rounds * len(items), unit="item", desc="blocks in context") as bar:
         for round_ in range(args.rounds):
-            for key in np.random.default_rng(round_).permutation(list(around)):
-                for depth, network in enumerate(around[key]):
+            for key in np.random.default_rng(round_).permutation(list(items)):
+                for i, network in enumerate(items[key]):
                     ms = measure_network(backend, network, meta.img_size, meta.batch).latency_ms
-                    fastest[key][depth] = min(fastest[key][depth], ms)
+                    fastest[key][i] = min(fastest[key][i], ms)
                 bar.update()
-    in_context = {key: (high - low) / (HIGH - LOW) for key, (low, high) in fastest.items()}
+    if args.retime:
+        calibration_ms = np.array([fastest[s.arch_id][0] for s in calibration])
+        held_out_ms = np.array([fastest[s.arch_id][0] for s in held_out])
+    in_context = {key: (fastest[key][1] - fastest[key][0]) / (HIGH - LOW) for key in around}
     entries = table.rows["latency_ms"].to_numpy(dtype=float)
     replaced = np.array([in_context.get(key, ms) for key, ms in zip(table.rows["key"], entries, strict=True)])
     result = {"args": vars(args), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
