@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from lut_in_network import light, load_run, with_depth
+from lut_in_network import light, load_run, stage_blocks
 from tqdm import tqdm
 
 from fastvit_nas.fastvit.spec import ArchSpec
 from fastvit_nas.latency_lut import LatencyTable, Predictor, fit_calibration
 from fastvit_nas.latency_lut.build import measure_network
-from fastvit_nas.latency_lut.ops import op_counts
 from fastvit_nas.latency_lut.validate import backend_for, figures
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,11 +42,9 @@ def contexts(specs: list[ArchSpec], img_size: int, batch: int) -> dict[str, tupl
     """For each block op of `specs`, the light network around it at depth `LOW` and `HIGH`."""
     out = {}
     for spec in specs:
-        for op, _ in op_counts(spec, img_size, batch):
-            if op.module_path.endswith(".blocks.0") and op.key not in out:
-                stage = int(op.module_path.split(".")[1])
-                base = light(spec, stage)
-                out[op.key] = (with_depth(base, stage, LOW), with_depth(base, stage, HIGH))
+        for stage, op in stage_blocks(spec, img_size, batch):
+            if op.key not in out:
+                out[op.key] = (light(spec, stage, LOW), light(spec, stage, HIGH))
     return out
 
 

@@ -28,18 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from fastvit_nas.fastvit.spec import ArchSpec
-from fastvit_nas.latency_lut import LatencyTable, Predictor, resolve_space
+from fastvit_nas.latency_lut import Backend, LatencyTable, Predictor, resolve_space
 from fastvit_nas.latency_lut.build import measure_network
-from fastvit_nas.latency_lut.ops import OP_TYPES, op_counts
+from fastvit_nas.latency_lut.ops import OP_TYPES, Op, op_counts, probe_spec
 from fastvit_nas.latency_lut.validate import backend_for
 
 RESULTS = Path(__file__).parent / "results"
 BOOTSTRAP = 200
-
-
-def with_depth(spec: ArchSpec, stage: int, depth: int) -> ArchSpec:
-    stages = tuple(dataclasses.replace(s, depth=depth) if i == stage else s for i, s in enumerate(spec.stages))
-    return dataclasses.replace(spec, stages=stages)
 
 
 def slope_and_spread(depths: list[int], rounds: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -56,10 +51,15 @@ def deepest(spec: ArchSpec) -> int:
     return max(range(len(spec.stages)), key=lambda i: spec.stages[i].depth)
 
 
-def light(spec: ArchSpec, stage: int) -> ArchSpec:
-    """`spec` with every stage but `stage` one block deep: a small network around that stage's block."""
-    stages = tuple(s if i == stage else dataclasses.replace(s, depth=1) for i, s in enumerate(spec.stages))
-    return dataclasses.replace(spec, stages=stages)
+def light(spec: ArchSpec, stage: int, depth: int) -> ArchSpec:
+    """`spec` with `stage` `depth` blocks deep and every other stage one: a small network around that block."""
+    return probe_spec(spec).with_stage(stage, depth=depth)
+
+
+def stage_blocks(spec: ArchSpec, img_size: int, batch: int) -> list[tuple[int, Op]]:
+    """(stage index, block op) of each stage of `spec`."""
+    return [(int(op.module_path.split(".")[1]), op) for op, _ in op_counts(spec, img_size, batch)
+            if op.module_path.endswith(".blocks.0")]
 
 
 def sampled_blocks(specs: list[ArchSpec], img_size: int, batch: int, per_group: int,
@@ -67,10 +67,9 @@ def sampled_blocks(specs: list[ArchSpec], img_size: int, batch: int, per_group: 
     """Up to `per_group` distinct (spec, stage) of each (block kind, resolution), in light networks."""
     groups: dict[tuple[str, int], dict[str, tuple[ArchSpec, int]]] = {}
     for spec in specs:
-        for op, _ in op_counts(spec, img_size, batch):
-            if op.module_path.endswith(".blocks.0"):
-                stage = int(op.module_path.split(".")[1])
-                groups.setdefault((op.op_type, op.in_h), {}).setdefault(op.key, (light(spec, stage), stage))
+        for stage, op in stage_blocks(spec, img_size, batch):
+            groups.setdefault((op.op_type, op.in_h), {}).setdefault(
+                op.key, (light(spec, stage, spec.stages[stage].depth), stage))
     rng = np.random.default_rng(seed)
     chosen = []
     for key in sorted(groups):
@@ -80,19 +79,17 @@ def sampled_blocks(specs: list[ArchSpec], img_size: int, batch: int, per_group: 
 
 
 def probe(spec: ArchSpec, stage: int, error: float | None, table: LatencyTable, predictor: Predictor,
-          offsets: list[int], rounds: int) -> dict:
+          backend: Backend, offsets: list[int], rounds: int) -> dict:
     """Time `spec` with `stage` at each offset of depth, interleaved over rounds; compare the slope."""
     meta = table.meta
-    backend = backend_for(meta)
     depth = spec.stages[stage].depth
     depths = sorted({depth + o for o in offsets if depth + o >= 1})
-    variants = [with_depth(spec, stage, d) for d in depths]
+    variants = [spec.with_stage(stage, depth=d) for d in depths]
     times = np.array([[measure_network(backend, v, meta.img_size, meta.batch).latency_ms for v in variants]
                       for _ in range(rounds)])
     slope, spread = slope_and_spread(depths, times)
-    block = next(op for op, _ in op_counts(spec, meta.img_size, meta.batch)
-                 if op.module_path == f"stages.{stage}.blocks.0")
-    entry = float(table.rows.loc[table.rows["key"] == block.key, "latency_ms"].iloc[0])
+    block = dict(stage_blocks(spec, meta.img_size, meta.batch))[stage]
+    entry = table.latencies()[block.key]
     t = OP_TYPES.index(block.op_type)
     calibrated = entry * predictor.calibration.scales[t] + predictor.calibration.call_ms[t]
     return {"arch_id": spec.arch_id, "error_pct": None if error is None else error * 100, "stage": stage,
@@ -150,6 +147,7 @@ def main() -> None:
     table, held_out, per_spec = run.table, run.held_out, run.per_spec
     meta = table.meta
     predictor = Predictor(table)
+    backend = backend_for(meta)
     errors = np.asarray(per_spec["predicted_ms"]) / np.asarray(per_spec["measured_ms"]) - 1
     specs = {s.arch_id: s for s in held_out}
     order = np.argsort(errors)
@@ -163,7 +161,7 @@ def main() -> None:
     print(f"{'error':>7} {'stage':>5} {'res':>3} {'mixer':>9} {'width':>5} {'depth':>5} {'entry':>7} {'calib.':>7} "
           f"{'slope':>7} {'sd':>6} {'/entry':>6} {'/calib.':>7}")
     for spec, stage, error in probes:
-        r = probe(spec, stage, error, table, predictor, args.offsets, args.rounds)
+        r = probe(spec, stage, error, table, predictor, backend, args.offsets, args.rounds)
         result["probes"].append(r)
         result["summary"] = summary(result["probes"])
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

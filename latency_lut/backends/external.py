@@ -91,8 +91,8 @@ def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, cali
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise FastVitNasError(f"--format: must be among {', '.join(FORMATS)}, got {', '.join(unknown) or 'none'}")
-    if "coreml" in formats:
-        coremltools_module(coreml_precision)
+    coreml = {"precision": coreml_precision, "deployment_target": DEPLOYMENT_TARGET,
+              "coremltools_version": coremltools_module(coreml_precision).__version__} if "coreml" in formats else None
     out = Path(out)
     _claim(out, {"img_size": img_size, "batch": batch, "op_replicas": op_replicas, "formats": list(formats),
                  "opset": OPSET, "coreml_precision": coreml_precision if "coreml" in formats else None})
@@ -123,9 +123,8 @@ def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, cali
                 "op_replicas": op_replicas,
                 "results": "CSV with columns key,latency_ms (milliseconds per run of the file, one row per entry; "
                            "an op file holds `replicas` copies, and the import divides by them)", "entries": entries}
-    if "coreml" in formats:
-        manifest["coreml"] = {"precision": coreml_precision, "deployment_target": DEPLOYMENT_TARGET,
-                              "coremltools_version": coremltools_module().__version__}
+    if coreml:
+        manifest["coreml"] = coreml
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     with (out / "manifest.csv").open("w", newline="") as f:
