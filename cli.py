@@ -155,7 +155,7 @@ def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
     overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas", "network_passes",
-                                "extra_passes") if (v := getattr(args, k)) is not None}
+                                "extra_passes", "context_max_side") if (v := getattr(args, k)) is not None}
     protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator), **overrides)
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=protocol)
@@ -264,6 +264,10 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                        help="copies of an op per timed call, each its share of the call's time, so a runtime's fixed "
                             "cost per call is paid once per network and not once per op (default: 8 for "
                             "onnxruntime, 1 for torch)")
+    build.add_argument("--context-max-side", type=int,
+                       help="blocks whose input is at most this on a side are timed inside a light network, where "
+                            "they cost up to 1.6x their time alone (default 0: every block alone; 8 is the setting "
+                            "measured; it nearly doubles a 128 px build)")
     build.add_argument("--network-passes", type=int,
                        help="sweeps over the end-to-end networks, calibration now and held-out at validation; the "
                             "fastest kept (default 4; with 2, one network's two measurements differed by over 10 %% "

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ..fastvit.model import build_model
 from ..fastvit.spec import ArchSpec
 from .backends import Backend
+from .in_context import Context, InContext, block_contexts, block_timing
 from .measure import T, Timing, best_of_passes, weight_copies
 from .modules import op_module
 from .ops import Op, unique_ops
@@ -131,28 +133,40 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     states the ops met, and share their sweeps and their re-timing once a slow spell ends. Timed in one block
     after the ops, all twelve calibration networks of a 256 px ONNX Runtime build fell into one spell that
     outlasted the wait for calm; divided by its level (1.15) while the held-out networks were timed at 0.94, they
-    made every prediction 7.7 % too fast (within ±10 %: 74 %, Spearman 0.997).
+    made every prediction 7.7 % too fast (within ±10 %: 74 %, Spearman 0.997). Small blocks are timed inside a
+    network (`in_context.py`), each time right after their context alone, so that both meet the host alike.
     """
     meta = table.meta
+    protocol = backend.protocol
+    specs = list(specs)
     needed = unique_ops(specs, meta.img_size, meta.batch)
     missing = [needed[k] for k in table.missing(needed)]
-    items: list[Op | ArchSpec] = [networks[i] if is_network else missing[i]
-                                  for is_network, i in _interleave(len(networks), len(missing))]
-    protocol = backend.protocol
+    contexts = block_contexts(specs, meta.img_size, meta.batch, protocol.context_max_side)
+    measured = [InContext(contexts[op.key], op, protocol.context_copies) if op.key in contexts else op
+                for op in missing]
+    items: list[Op | InContext | ArchSpec] = [networks[i] if is_network else measured[i]
+                                              for is_network, i in _interleave(len(networks), len(measured))]
     passes = [protocol.network_passes if isinstance(item, ArchSpec) else protocol.passes for item in items]
     last_save = [time.monotonic()]
     network_timings: dict[str, Timing] = {}
+    timers: dict[Context, Callable[[nn.Module | None, int], Timing]] = {}
 
-    def time_item(item: Op | ArchSpec) -> Timing:
+    def time_item(item: Op | InContext | ArchSpec) -> Timing:
         if isinstance(item, ArchSpec):
             return measure_network(backend, item, meta.img_size, meta.batch)
+        if isinstance(item, InContext):
+            context = item.context
+            if context not in timers:
+                timers[context] = backend.chain_timer(*context.parts(), context.in_shape, context.mid_shape)
+            alone = timers[context](None, 0)
+            return block_timing(timers[context](op_module(item.op), item.copies), alone, item.copies)
         return measure_op(backend, item)
 
-    def done(item: Op | ArchSpec, timing: Timing) -> None:
+    def done(item: Op | InContext | ArchSpec, timing: Timing) -> None:
         if isinstance(item, ArchSpec):
             network_timings[item.arch_id] = timing
             return
-        table.add([(item, timing)])
+        table.add([(item.op if isinstance(item, InContext) else item, timing)])
         if path is not None and time.monotonic() - last_save[0] > checkpoint_s:
             table.save(path)
             last_save[0] = time.monotonic()

@@ -20,8 +20,12 @@ every sweep fell in a slow spell are timed again after the sweeps, once the host
 `calm_wait_s` for it (0: only if it is calm already). `cold_weights_mb` keeps an op's weights out of the cache,
 as a whole network's are (`weight_copies`). `op_replicas` copies of an op run within one timed call, whose time
 is shared among them: a runtime with a fixed cost per call (an ONNX Runtime session run) pays it once per
-network, not once per op (`None`: the backend's own default). A backend supplies `run_once`, which performs one
-call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
+network, not once per op (`None`: the backend's own default). Blocks whose input is at most `context_max_side` on
+a side are timed inside a light network, `context_copies` of them chained (`in_context.py`; 0: none, the
+default). `distinct_copies` records that the copies' weights differ in value, not just in name, as
+ONNX Runtime's do since this field (`backends/onnxruntime._Graph`): it stores equal initializers once, and LUTs
+from before it timed attention blocks and heads with their copies' weights shared. A backend supplies `run_once`,
+which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
 
 Warm-up time: 10 ms. A build's ops are short, so the warm-up was most of their time: with 50 ms, timing an op
 took 1.9-2.0 times as long as with 10 ms. Side by side on 20 default-space networks (2 threads, `min`,
@@ -72,6 +76,9 @@ class Protocol:
     calm_wait_s: float = 60.0
     cold_weights_mb: float | None = None
     op_replicas: int | None = None
+    context_max_side: int = 0
+    context_copies: int = 12
+    distinct_copies: bool = True
 
     def __post_init__(self) -> None:
         if self.estimator not in ("median", "min"):
@@ -88,6 +95,11 @@ class Protocol:
         for name, least in (("passes", 1), ("network_passes", 1), ("extra_passes", 0), ("agree_tol", 0)):
             if getattr(self, name) < least:
                 raise FastVitNasError(f"{name} must be >= {least}, got {getattr(self, name)!r}")
+        if self.context_max_side < 0:
+            raise FastVitNasError(f"context_max_side must be >= 0 (0: every block timed alone), got "
+                                  f"{self.context_max_side!r}")
+        if self.context_copies < 1:
+            raise FastVitNasError(f"context_copies must be >= 1, got {self.context_copies!r}")
         if self.op_replicas is not None and self.op_replicas < 1:
             raise FastVitNasError(f"op_replicas must be >= 1 (None: the backend's default), got {self.op_replicas!r}")
 

@@ -37,6 +37,7 @@ spell is timed again after the sweeps, once the host is calm (`SpeedNormalised.a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 from torch import nn
@@ -192,6 +193,16 @@ class SpeedNormalised(Backend):
                     replicas: int = 1) -> Timing:
         self._read_if_due()
         return self.inner.time_module(module, in_shape, copies, replicas).divided_by(self.divisor())
+
+    def chain_timer(self, before: nn.Module, after: nn.Module, in_shape: tuple[int, ...],
+                    mid_shape: tuple[int, ...]) -> Callable[[nn.Module | None, int], Timing]:
+        inner = self.inner.chain_timer(before, after, in_shape, mid_shape)
+
+        def time_chain(block: nn.Module | None, copies: int) -> Timing:
+            self._read_if_due()
+            return inner(block, copies).divided_by(self.divisor())
+
+        return time_chain
 
 
 def speed_normalised(backend: Backend, meta: LutMeta) -> Backend:

@@ -34,11 +34,12 @@ TIMING_COLUMNS = ("latency_ms", "median_ms", "min_ms", "iqr_ms", "count", "measu
 OPTIONAL_COLUMNS = {"slowdown": 1.0}
 """Columns added after format version 1 was fixed, with the value that LUTs written before them mean."""
 SETTING_FIELDS = ("backend", "dtype", "batch", "img_size", "threads", "layout")
-REGIME_FIELDS = {"cold_weights_mb": 0.0, "op_replicas": 1}
+REGIME_FIELDS = {"cold_weights_mb": 0.0, "op_replicas": 1, "context_max_side": 0, "distinct_copies": False}
 """Protocol fields that change what an op's latency means (not just how precisely it is known), with the value
 LUTs written before them mean: ops timed with warm and with cold weights (`measure.weight_copies`) differ by up
-to a fifth, and ONNX Runtime ops timed one or eight to a session run by its fixed cost per run, so they are never
-mixed in one table."""
+to a fifth, ONNX Runtime ops timed one or eight to a session run by its fixed cost per run, and small blocks
+timed inside a network by up to 1.6 times (`in_context.py`), and ONNX Runtime attention blocks whose copies shared
+their weights' values by a fifth (`backends/onnxruntime._Graph`), so they are never mixed in one table."""
 VERSION_FIELDS = ("backend_version", "torch_version")
 
 

@@ -50,8 +50,9 @@ from fastvit_nas.latency_lut import (
     validate,
 )
 from fastvit_nas.latency_lut import speed as speed_module
-from fastvit_nas.latency_lut.backends.onnxruntime import export_onnx, replicated, session, time_session
+from fastvit_nas.latency_lut.backends.onnxruntime import chained, export_onnx, replicated, session, time_session
 from fastvit_nas.latency_lut.build import CALIBRATION_LOO_WARN, _interleave, new_meta
+from fastvit_nas.latency_lut.in_context import BLOCK_TYPES, block_contexts, block_timing, context_for
 from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, weight_copies
 from fastvit_nas.latency_lut.modules import op_module
 from fastvit_nas.latency_lut.ops import probe_spec, stage_ops
@@ -468,6 +469,15 @@ def test_op_replicas_default_by_backend_and_are_recorded():
         Protocol(op_replicas=0)
 
 
+def test_blocks_in_context_are_off_by_default_and_recorded():
+    assert new_meta(get_backend("onnxruntime", threads=1), IMG, 1).protocol["context_max_side"] == 0
+    chosen = get_backend("onnxruntime", threads=1, protocol=Protocol(context_max_side=8))
+    assert new_meta(chosen, IMG, 1).protocol["context_max_side"] == 8
+    for bad in ({"context_max_side": -1}, {"context_copies": 0}):
+        with pytest.raises(FastVitNasError, match=next(iter(bad))):
+            Protocol(**bad)
+
+
 def test_onnxruntime_replicas_run_side_by_side_in_one_session_each_with_its_own_weights(tmp_path):
     """Three copies in one graph give three outputs, each the module's own, and the optimised session still runs
     three convolutions: nothing that carries weights is merged."""
@@ -486,6 +496,85 @@ def test_onnxruntime_replicas_run_side_by_side_in_one_session_each_with_its_own_
     assert len(convs) == 3 and len({n.input[1] for n in convs}) == 3
 
 
+def test_onnx_chain_runs_its_parts_in_sequence_each_copy_with_its_own_weights(tmp_path):
+    """A block repeated in the chain runs as that many convolutions, each with its own weights, between the parts
+    before and after it, and the network's only output is the last part's."""
+    torch.manual_seed(0)
+    first = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU()).eval()
+    block = torch.nn.Conv2d(8, 8, 1).eval()
+    last = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.log_severity_level = 3
+    middle = export_onnx(block, (1, 8, 12, 12))
+    sess = onnxruntime.InferenceSession(
+        chained([export_onnx(first, (1, 3, 12, 12)), middle, middle, middle, export_onnx(last, (1, 8, 12, 12))]),
+        options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype("float32")
+    outputs = sess.run(None, {sess.get_inputs()[0].name: x})
+    with torch.no_grad():
+        expected = last(block(block(block(first(torch.from_numpy(x)))))).numpy()
+    assert len(outputs) == 1 and np.allclose(outputs[0], expected, atol=1e-5)
+    convs = [n for n in onnx.load(tmp_path / "optimised.onnx").graph.node if "Conv" in n.op_type]
+    assert len(convs) == 4 and len({n.input[1] for n in convs}) == 4
+
+
+def test_a_blocks_context_is_a_light_network_whatever_spec_brought_it(tiny_specs):
+    """The context depends on the block's stage and width only, and its two parts run the real network around
+    the stage's blocks: the input shape in, the block's shape between, the logits out."""
+    spec = tiny_specs[0]
+    stage = len(spec.stages) - 2
+    block = next(op for op, _ in op_counts(spec, IMG) if op.module_path == f"stages.{stage}.blocks.0")
+    other = spec.with_stage(0, depth=spec.stages[0].depth + 2, mlp_ratio=4.0).with_stage(stage + 1, depth=5)
+    context = context_for(spec, block, IMG)
+    assert context == context_for(other, block, IMG) and context.mid_shape == block.in_shape
+    assert all(s.depth == 1 for s in context.spec.stages) and context.spec.stages[stage].width == block.in_ch
+    before, after = context.parts()
+    with torch.no_grad():
+        mid = before(torch.randn(context.in_shape))
+        assert tuple(mid.shape) == block.in_shape
+        assert tuple(after(op_module(block)(mid)).shape) == (1, spec.num_classes)
+
+
+def test_small_blocks_are_timed_inside_a_network_and_the_rest_alone(tmp_path, tiny_specs):
+    """With the fake backend's latency (parameters × input size), a block chained `copies` times in its context,
+    less the context alone, per copy, is exactly the block's parameters at the network's input size: the entry is
+    the block's share of a network's time. Each block is timed right after its context alone."""
+    specs = tiny_specs[:4]
+    protocol = Protocol(passes=1, network_passes=1, reference_s=0.0, calm_wait_s=0.0, context_max_side=4,
+                        context_copies=3)
+    backend = FakeBackend(protocol=protocol)
+    path = tmp_path / "l.parquet"
+    build_lut(path, backend, specs=specs, img_size=IMG, calibration_n=0)
+    contexts = block_contexts(specs, IMG, 1, 4)
+    needed = unique_ops(specs, IMG)
+    inside = {k: op for k, op in needed.items() if op.op_type in BLOCK_TYPES and op.in_h <= 4}
+    assert inside and set(contexts) == set(inside)
+    assert any(op.op_type in BLOCK_TYPES and op.in_h > 4 for op in needed.values())
+    assert len(backend.calls) == len(needed) + len(inside)
+    latencies = LatencyTable.load(path).latencies()
+    for key, op in inside.items():
+        params = sum(p.numel() for p in op_module(op).parameters())
+        expected = 1e-6 * params * math.prod(contexts[key].in_shape[1:]) ** 0.5
+        assert latencies[key] == pytest.approx(expected, rel=1e-6)
+    alone = next(op for op in needed.values() if op.op_type in BLOCK_TYPES and op.in_h > 4)
+    assert latencies[alone.key] == pytest.approx(
+        1e-6 * sum(p.numel() for p in op_module(alone).parameters()) * math.prod(alone.in_shape[1:]) ** 0.5 + 0.01)
+    assert block_timing(Timing(1.0, 1.0, 1.0, 0.3, 5), Timing(2.0, 2.0, 2.0, 0.0, 5), 3).latency_ms == 0.0
+
+
+def test_a_real_chain_costs_more_with_more_blocks_on_both_backends(tiny_specs):
+    spec = tiny_specs[0]
+    block = next(op for op, _ in op_counts(spec, IMG) if op.module_path.endswith("blocks.0") and op.in_h <= 4)
+    context = context_for(spec, block, IMG)
+    for name in ("torch", "onnxruntime"):
+        timer = get_backend(name, threads=1, protocol=Protocol.quick()).chain_timer(*context.parts(),
+                                                                                  context.in_shape, context.mid_shape)
+        alone = min(timer(None, 0).latency_ms for _ in range(3))
+        chain = min(timer(op_module(block), 12).latency_ms for _ in range(3))
+        assert 0 < alone < chain, (name, alone, chain)
+
+
 def test_cold_weights_default_by_backend_and_onnxruntime_refuses_them_in_one_line(tmp_path, capsys):
     assert get_backend("torch", threads=1).protocol.cold_weights_mb == 64.0
     warm = get_backend("onnxruntime", threads=1)
@@ -498,7 +587,8 @@ def test_cold_weights_default_by_backend_and_onnxruntime_refuses_them_in_one_lin
     assert len(err) == 1 and "--cold-weights-mb" in err[0] and not (tmp_path / "cold.parquet").exists()
 
 
-@pytest.mark.parametrize("field, before, other", [("cold_weights_mb", 0.0, 64.0), ("op_replicas", 1, 8)])
+@pytest.mark.parametrize("field, before, other", [("cold_weights_mb", 0.0, 64.0), ("op_replicas", 1, 8),
+                                                  ("context_max_side", 0, 8), ("distinct_copies", False, True)])
 def test_measuring_regimes_are_never_mixed(tmp_path, tiny_specs, field, before, other):
     """A LUT written before a regime field was recorded means its old value (warm weights, one op per call):
     extending it so works, the other regime is refused."""

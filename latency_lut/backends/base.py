@@ -6,6 +6,7 @@ A backend owns how a module runs (torch eager, an ONNX Runtime session, ...) and
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
@@ -79,6 +80,18 @@ class Backend(ABC):
     def await_calm(self) -> bool:
         """Wait, within the protocol's limit, for the host to be calm; whether it is (`speed.py` knows how)."""
         return True
+
+    def chain_timer(self, before: nn.Module, after: nn.Module, in_shape: tuple[int, ...],
+                    mid_shape: tuple[int, ...]) -> Callable[[nn.Module | None, int], Timing]:
+        """A timer of one network: `before` (on `in_shape`), then `copies` copies of a block, each with its own
+        weights, on `mid_shape`, then `after`: how blocks are timed inside a network (`in_context.py`). The
+        timer is called for many blocks, so a backend that exports modules exports `before` and `after` once."""
+
+        def time_chain(block: nn.Module | None, copies: int) -> Timing:
+            middle = [copy.deepcopy(block) for _ in range(copies)]
+            return self.time_module(nn.Sequential(before, *middle, after), in_shape)
+
+        return time_chain
 
     def prepare(self, module: nn.Module, in_shape: tuple[int, ...], replicas: int = 1) -> Callable[[], Timing]:
         """A timer of `module` to call again and again: for a workload re-timed through a build (`speed.py`),

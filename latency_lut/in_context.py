@@ -1,0 +1,111 @@
+"""Blocks timed inside a network, where the small ones cost more than alone, each by a factor of its own.
+
+Inside a network a block costs a multiple of its entry timed alone (`benchmarks/lut_in_network.py`: one more block
+in a stage, timed end-to-end). With ONNX Runtime at 128 px on the reference host (2 threads) that multiple was
+0.93-1.04 at 16×16 and 32×32 but 1.0-1.6 at 8×8 and 4×4, and it differed from block to block of one kind and
+size: measured twice over 234 blocks, the two logs of the factor correlated at 0.88 against a spread of 0.16. It
+stayed with the block in a light network, its own and a heavier one (1.27 / 1.35 / 1.39 times its entry). A
+calibration scales sums, so no calibration of entries timed alone can follow a factor that varies per block:
+the 62 networks of a 128 px fidelity run stayed at 92 % within ±10 % whatever the fit.
+
+So blocks whose input is at most `Protocol.context_max_side` on a side can be timed inside a network instead: a
+canonical light one around their stage (`Context`), with `Protocol.context_copies` copies of the block chained
+where the stage's blocks go, less the same network with none timed right before, per copy. On a shared host the
+speed drifts by tenths within a build while a block's share is a tenth or less of its chain's time, so the two are
+timed as a pair.
+
+Measured on the 62 networks of a 128 px ONNX Runtime fidelity run (`benchmarks/lut_blocks_in_context.py`):
+- The first version (each context timed apart from its blocks, fastest of 3 calm rounds, whole networks exported
+  by torch) took the 234 blocks of those networks from 92 % within ±10 %, 56 % within ±5 %, MAPE 4.68 % and
+  Spearman 0.990 to 96 / 84 / 2.82 / 0.9955, and to 98 / 86 / 2.87 / 0.9965 with only the blocks up to 8×8
+  replaced.
+- Built into the protocol (paired, best of the protocol's sweeps until two agree), on a noisier host and after
+  the fix of equal weights (`backends/onnxruntime._Graph`), the 114 blocks up to 8×8 moved the spread of
+  raw sum / measured from 6.1 to 5.0 % and Spearman from 0.991 to 0.995, but not the share within ±10 % (94 to
+  92 %); the blocks' own noise (8 % between two measurements) is of the size of the factors it should resolve.
+- A full 128 px build took 820 s with blocks up to 8×8 in context (each context then timed apart from its
+  blocks; the pairing adds a context timing to every sweep of a block) against 440 s without, over the goal of
+  10 minutes. So it is off by default (0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from ..fastvit.model import build_model
+from ..fastvit.spec import ArchSpec, StageSpec
+from .measure import MS_FIELDS, Timing
+from .ops import Op, op_counts
+
+BLOCK_TYPES = ("repmixer_block", "attention_block")
+
+
+@dataclass(frozen=True)
+class Context:
+    """A light network around stage `stage`: what a block of that stage and width is timed inside.
+
+    Every stage is one default RepMixer block deep; widths halve stage by stage towards the stem while they stay
+    even (each must be a multiple of the one before, for the grouped patch embedding) and double after `stage`,
+    as FastViT's do. Built from the stage's position and width alone, the network is the same for every spec
+    that brings the block, so a block's entry does not depend on which spec of a space brought it first.
+    """
+
+    spec: ArchSpec
+    stage: int
+    in_shape: tuple[int, ...]
+    mid_shape: tuple[int, ...]
+
+    def parts(self) -> tuple[nn.Module, nn.Module]:
+        """The network before the stage's blocks (stem, earlier stages, the stage's patch embedding and
+        positional encoding) and after them (later stages, final conv, head), inference-time."""
+        model = build_model(self.spec, inference=True).eval()
+        stage = model.stages[self.stage]
+        before = nn.Sequential(model.stem, *model.stages[:self.stage], stage.downsample, stage.pos_emb)
+        after = nn.Sequential(*model.stages[self.stage + 1:], model.final_conv, model.head)
+        return before, after
+
+
+def context_for(spec: ArchSpec, block: Op, img_size: int) -> Context:
+    """The light network around the stage of `block` in `spec`, with `spec`'s stage count, input channels and
+    classes."""
+    stage = int(block.module_path.split(".")[1])
+    widths = [spec.stages[stage].width] * len(spec.stages)
+    for i in range(stage - 1, -1, -1):
+        widths[i] = widths[i + 1] // 2 if widths[i + 1] % 2 == 0 else widths[i + 1]
+    for i in range(stage + 1, len(widths)):
+        widths[i] = widths[i - 1] * 2
+    stages = tuple(StageSpec(depth=1, width=w) if i else StageSpec(depth=1, width=w, patch_kernel=None)
+                   for i, w in enumerate(widths))
+    return Context(ArchSpec(stages=stages, in_chans=spec.in_chans, num_classes=spec.num_classes), stage,
+                   (block.batch, spec.in_chans, img_size, img_size), block.in_shape)
+
+
+def block_contexts(specs: Iterable[ArchSpec], img_size: int, batch: int, max_side: int) -> dict[str, Context]:
+    """The context of each block op of `specs` whose input is at most `max_side` on a side, by op key."""
+    found: dict[str, Context] = {}
+    if not max_side:
+        return found
+    for spec in specs:
+        for op, _ in op_counts(spec, img_size, batch):
+            if op.op_type in BLOCK_TYPES and max(op.in_h, op.in_w) <= max_side and op.key not in found:
+                found[op.key] = context_for(spec, op, img_size)
+    return found
+
+
+@dataclass(frozen=True)
+class InContext:
+    """One item of a build's sweeps: `op` chained `copies` times inside `context`."""
+
+    context: Context
+    op: Op
+    copies: int
+
+
+def block_timing(chained: Timing, alone: Timing, copies: int) -> Timing:
+    """One block's share of what `copies` chained blocks added to their context; the spread (IQR) is the chain's
+    own, shared the same way. A difference lost in noise counts as zero, never as a negative latency."""
+    return replace(chained, **{f: max(0.0, (getattr(chained, f) - getattr(alone, f)) / copies)
+                               for f in MS_FIELDS if f != "iqr_ms"}, iqr_ms=chained.iqr_ms / copies)
