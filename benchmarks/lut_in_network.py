@@ -58,7 +58,7 @@ def light(spec: ArchSpec, stage: int, depth: int) -> ArchSpec:
 
 def stage_blocks(spec: ArchSpec, img_size: int, batch: int) -> list[tuple[int, Op]]:
     """(stage index, block op) of each stage of `spec`."""
-    return [(int(op.module_path.split(".")[1]), op) for op, _ in op_counts(spec, img_size, batch)
+    return [(op.stage, op) for op, _ in op_counts(spec, img_size, batch)
             if op.module_path.endswith(".blocks.0")]
 
 

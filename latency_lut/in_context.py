@@ -6,7 +6,9 @@ in a stage, timed end-to-end). With ONNX Runtime at 128 px on the reference host
 size: measured twice over 234 blocks, the two logs of the factor correlated at 0.88 against a spread of 0.16. It
 stayed with the block in a light network, its own and a heavier one (1.27 / 1.35 / 1.39 times its entry). A
 calibration scales sums, so no calibration of entries timed alone can follow a factor that varies per block:
-the 62 networks of a 128 px fidelity run stayed at 92 % within ±10 % whatever the fit.
+the 62 networks of a 128 px fidelity run stayed at 92 % within ±10 % whatever the fit. (Those figures predate the
+fix of equal copy weights in `backends/onnxruntime._Graph`, which made attention blocks at 4×4 23 % dearer
+relative to the rest: part of their factor was the table's own. RepMixer blocks did not move.)
 
 So blocks whose input is at most `Protocol.context_max_side` on a side can be timed inside a network instead: a
 canonical light one around their stage (`Context`), with `Protocol.context_copies` copies of the block chained
@@ -22,7 +24,8 @@ Measured on the 62 networks of a 128 px ONNX Runtime fidelity run (`benchmarks/l
 - Built into the protocol (paired, best of the protocol's sweeps until two agree), on a noisier host and after
   the fix of equal weights (`backends/onnxruntime._Graph`), the 114 blocks up to 8×8 moved the spread of
   raw sum / measured from 6.1 to 5.0 % and Spearman from 0.991 to 0.995, but not the share within ±10 % (94 to
-  92 %); the blocks' own noise (8 % between two measurements) is of the size of the factors it should resolve.
+  92 %). With three sweeps per block instead of two: 98 % within ±10 %, 70 % within ±5 %, MAPE 3.84 %, Spearman
+  0.9955, spread 4.5 %. The two measurements of a block repeated within 6.7 % (sd of the log ratio).
 - A full 128 px build took 820 s with blocks up to 8×8 in context (each context then timed apart from its
   blocks; the pairing adds a context timing to every sweep of a block) against 440 s without, over the goal of
   10 minutes. So it is off by default (0).
@@ -71,7 +74,7 @@ class Context:
 def context_for(spec: ArchSpec, block: Op, img_size: int) -> Context:
     """The light network around the stage of `block` in `spec`, with `spec`'s stage count, input channels and
     classes."""
-    stage = int(block.module_path.split(".")[1])
+    stage = block.stage
     widths = [spec.stages[stage].width] * len(spec.stages)
     for i in range(stage - 1, -1, -1):
         widths[i] = widths[i + 1] // 2 if widths[i + 1] % 2 == 0 else widths[i + 1]

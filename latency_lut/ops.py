@@ -48,6 +48,11 @@ class Op:
     def in_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.in_ch, self.in_h, self.in_w)
 
+    @property
+    def stage(self) -> int:
+        """The stage a patch embedding, positional encoding or block sits in, from its module path."""
+        return int(self.module_path.split(".")[1])
+
     def columns(self) -> dict[str, int | str]:
         """The structured LUT columns (everything but the module path)."""
         out = dataclasses.asdict(self)
