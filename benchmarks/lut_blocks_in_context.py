@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--config", type=int, default=0, help="which of its results (backend, size)")
     parser.add_argument("--max-side", type=int, default=8, help="blocks up to this input side are re-timed")
     parser.add_argument("--copies", type=int, default=Protocol.context_copies, help="blocks chained per context")
-    parser.add_argument("--passes", type=int, help="sweeps over the blocks (default: the table's protocol's)")
+    parser.add_argument("--passes", type=int, default=Protocol.context_passes, help="sweeps over the blocks")
     parser.add_argument("--retime", action="store_true",
                         help="time the calibration and held-out networks again in the same sweeps and score on those")
     parser.add_argument("--out", default=str(RESULTS / "lut_blocks_in_context.json"))
@@ -63,7 +63,7 @@ def main() -> None:
     meta = table.meta
     protocol = replace(Protocol(**meta.measuring_protocol()), context_max_side=args.max_side,
                        context_copies=args.copies, reference_s=0.0, distinct_copies=True)
-    protocol = replace(protocol, passes=args.passes or protocol.passes)
+    protocol = replace(protocol, context_passes=args.passes)
     backend = get_backend(meta.backend, device=meta.device.get("kind", "cpu"), dtype=meta.dtype,
                           threads=meta.threads or 1, protocol=protocol)
     points = meta.calibration["points"]

@@ -146,7 +146,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
                 for op in missing]
     items: list[Op | InContext | ArchSpec] = [networks[i] if is_network else measured[i]
                                               for is_network, i in _interleave(len(networks), len(measured))]
-    passes = [protocol.network_passes if isinstance(item, ArchSpec) else protocol.passes for item in items]
+    passes = [protocol.network_passes if isinstance(item, ArchSpec) else
+              protocol.context_passes if isinstance(item, InContext) else protocol.passes for item in items]
     last_save = [time.monotonic()]
     network_timings: dict[str, Timing] = {}
     timers: dict[Context, Callable[[nn.Module | None, int], Timing]] = {}

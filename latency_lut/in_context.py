@@ -24,8 +24,9 @@ Measured on the 62 networks of a 128 px ONNX Runtime fidelity run (`benchmarks/l
 - Built into the protocol (paired, best of the protocol's sweeps until two agree), on a noisier host and after
   the fix of equal weights (`backends/onnxruntime._Graph`), the 114 blocks up to 8×8 moved the spread of
   raw sum / measured from 6.1 to 5.0 % and Spearman from 0.991 to 0.995, but not the share within ±10 % (94 to
-  92 %). With three sweeps per block instead of two: 98 % within ±10 %, 70 % within ±5 %, MAPE 3.84 %, Spearman
-  0.9955, spread 4.5 %. The two measurements of a block repeated within 6.7 % (sd of the log ratio).
+  92 %). With three sweeps per block instead of two (`Protocol.context_passes`, now 3): 98 % within ±10 %, 70 %
+  within ±5 %, MAPE 3.84 %, Spearman 0.9955, spread 4.5 %. The two measurements of a block repeated within 6.7 %
+  (sd of the log ratio).
 - A full 128 px build took 820 s with blocks up to 8×8 in context (each context then timed apart from its
   blocks; the pairing adds a context timing to every sweep of a block) against 440 s without, over the goal of
   10 minutes. So it is off by default (0).

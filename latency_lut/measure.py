@@ -21,11 +21,12 @@ every sweep fell in a slow spell are timed again after the sweeps, once the host
 as a whole network's are (`weight_copies`). `op_replicas` copies of an op run within one timed call, whose time
 is shared among them: a runtime with a fixed cost per call (an ONNX Runtime session run) pays it once per
 network, not once per op (`None`: the backend's own default). Blocks whose input is at most `context_max_side` on
-a side are timed inside a light network, `context_copies` of them chained (`in_context.py`; 0: none, the
-default). `distinct_copies` records that the copies' weights differ in value, not just in name, as
-ONNX Runtime's do since this field (`backends/onnxruntime._Graph`): it stores equal initializers once, and LUTs
-from before it timed attention blocks and heads with their copies' weights shared. A backend supplies `run_once`,
-which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA events on GPU).
+a side are timed inside a light network, `context_copies` of them chained, in `context_passes` sweeps
+(`in_context.py`; 0: none, the default). `distinct_copies` records that the copies' weights differ in value, not
+just in name, as ONNX Runtime's do since this field (`backends/onnxruntime._Graph`): it stores equal initializers
+once, and LUTs from before it timed attention blocks and heads with their copies' weights shared. A backend
+supplies `run_once`, which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA
+events on GPU).
 
 Warm-up time: 10 ms. A build's ops are short, so the warm-up was most of their time: with 50 ms, timing an op
 took 1.9-2.0 times as long as with 10 ms. Side by side on 20 default-space networks (2 threads, `min`,
@@ -78,6 +79,7 @@ class Protocol:
     op_replicas: int | None = None
     context_max_side: int = 0
     context_copies: int = 12
+    context_passes: int = 3
     distinct_copies: bool = True
 
     def __post_init__(self) -> None:
@@ -92,7 +94,8 @@ class Protocol:
         if self.cold_weights_mb is not None and self.cold_weights_mb < 0:
             raise FastVitNasError(f"cold_weights_mb must be >= 0 (0: warm weights, None: the backend's default), "
                                   f"got {self.cold_weights_mb!r}")
-        for name, least in (("passes", 1), ("network_passes", 1), ("extra_passes", 0), ("agree_tol", 0)):
+        for name, least in (("passes", 1), ("network_passes", 1), ("context_passes", 1), ("extra_passes", 0),
+                            ("agree_tol", 0)):
             if getattr(self, name) < least:
                 raise FastVitNasError(f"{name} must be >= {least}, got {getattr(self, name)!r}")
         if self.context_max_side < 0:
