@@ -26,10 +26,10 @@ import numpy as np
 from lut_in_network import load_run
 
 from fastvit_nas.fastvit.spec import ArchSpec
-from fastvit_nas.latency_lut import LatencyTable, Predictor, Protocol, fit_calibration, get_backend
+from fastvit_nas.latency_lut import LatencyTable, Predictor, Protocol, fit_calibration
 from fastvit_nas.latency_lut.build import measure_missing
 from fastvit_nas.latency_lut.in_context import block_contexts
-from fastvit_nas.latency_lut.validate import figures
+from fastvit_nas.latency_lut.validate import backend_for, figures
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,11 +61,9 @@ def main() -> None:
     run = load_run(args.fidelity, args.config)
     table, held_out = run.table, run.held_out
     meta = table.meta
-    protocol = replace(Protocol(**meta.measuring_protocol()), context_max_side=args.max_side,
-                       context_copies=args.copies, reference_s=0.0, distinct_copies=True)
-    protocol = replace(protocol, context_passes=args.passes)
-    backend = get_backend(meta.backend, device=meta.device.get("kind", "cpu"), dtype=meta.dtype,
-                          threads=meta.threads or 1, protocol=protocol)
+    backend = backend_for(meta, replace(Protocol(**meta.measuring_protocol()), context_max_side=args.max_side,
+                                        context_copies=args.copies, context_passes=args.passes, reference_s=0.0,
+                                        distinct_copies=True))
     points = meta.calibration["points"]
     calibration = [ArchSpec.from_dict(p["spec"]) for p in points]
     calibration_ms = np.array([p["measured_ms"] for p in points])
@@ -80,7 +78,8 @@ def main() -> None:
     if args.retime:
         calibration_ms = np.array([t.latency_ms for t in networks[:len(calibration)]])
         held_out_ms = np.array([t.latency_ms for t in networks[len(calibration):]])
-    in_context = {key: timed_inside.latencies()[key] for key in contexts}
+    measured = timed_inside.latencies()
+    in_context = {key: measured[key] for key in contexts}
     entries = table.rows["latency_ms"].to_numpy(dtype=float)
     replaced = np.array([in_context.get(key, ms) for key, ms in zip(table.rows["key"], entries, strict=True)])
     result = {"args": vars(args), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

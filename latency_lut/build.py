@@ -142,8 +142,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     needed = unique_ops(specs, meta.img_size, meta.batch)
     missing = [needed[k] for k in table.missing(needed)]
     contexts = block_contexts(specs, meta.img_size, meta.batch, protocol.context_max_side)
-    measured = [InContext(contexts[op.key], op, protocol.context_copies) if op.key in contexts else op
-                for op in missing]
+    measured = [InContext(contexts[op.key], op) if op.key in contexts else op for op in missing]
     items: list[Op | InContext | ArchSpec] = [networks[i] if is_network else measured[i]
                                               for is_network, i in _interleave(len(networks), len(measured))]
     passes = [protocol.network_passes if isinstance(item, ArchSpec) else
@@ -160,7 +159,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
             if context not in timers:
                 timers[context] = backend.chain_timer(*context.parts(), context.in_shape, context.mid_shape)
             alone = timers[context](None, 0)
-            return block_timing(timers[context](op_module(item.op), item.copies), alone, item.copies)
+            copies = protocol.context_copies
+            return block_timing(timers[context](op_module(item.op), copies), alone, copies)
         return measure_op(backend, item)
 
     def done(item: Op | InContext | ArchSpec, timing: Timing) -> None:

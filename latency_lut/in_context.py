@@ -101,11 +101,10 @@ def block_contexts(specs: Iterable[ArchSpec], img_size: int, batch: int, max_sid
 
 @dataclass(frozen=True)
 class InContext:
-    """One item of a build's sweeps: `op` chained `copies` times inside `context`."""
+    """One item of a build's sweeps: `op` chained inside `context` (`Protocol.context_copies` times)."""
 
     context: Context
     op: Op
-    copies: int
 
 
 def block_timing(chained: Timing, alone: Timing, copies: int) -> Timing:

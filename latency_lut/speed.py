@@ -191,18 +191,17 @@ class SpeedNormalised(Backend):
 
     def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
                     replicas: int = 1) -> Timing:
-        self._read_if_due()
-        return self.inner.time_module(module, in_shape, copies, replicas).divided_by(self.divisor())
+        return self._normalised(lambda: self.inner.time_module(module, in_shape, copies, replicas))
 
     def chain_timer(self, before: nn.Module, after: nn.Module, in_shape: tuple[int, ...],
                     mid_shape: tuple[int, ...]) -> Callable[[nn.Module | None, int], Timing]:
         inner = self.inner.chain_timer(before, after, in_shape, mid_shape)
+        return lambda block, copies: self._normalised(lambda: inner(block, copies))
 
-        def time_chain(block: nn.Module | None, copies: int) -> Timing:
-            self._read_if_due()
-            return inner(block, copies).divided_by(self.divisor())
-
-        return time_chain
+    def _normalised(self, time_inner: Callable[[], Timing]) -> Timing:
+        """The inner backend's timing, read at the host's speed of the moment and divided by its slowdown."""
+        self._read_if_due()
+        return time_inner().divided_by(self.divisor())
 
 
 def speed_normalised(backend: Backend, meta: LutMeta) -> Backend:

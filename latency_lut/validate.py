@@ -84,10 +84,11 @@ def held_out_specs(lut: Path, space: SpaceSource, n: int, seed: int) -> list[Arc
     return space.sample(n, seed, exclude={p["arch_id"] for p in points})
 
 
-def backend_for(meta: LutMeta) -> Backend:
-    """A backend with the LUT's settings and protocol, so validation measures exactly as the build did."""
+def backend_for(meta: LutMeta, protocol: Protocol | None = None) -> Backend:
+    """A backend with the LUT's settings and protocol (or `protocol`), so validation measures exactly as the build
+    did."""
     return get_backend(meta.backend, device=meta.device.get("kind", "?"), dtype=meta.dtype,
-                       threads=meta.threads or 1, protocol=Protocol(**meta.measuring_protocol()))
+                       threads=meta.threads or 1, protocol=protocol or Protocol(**meta.measuring_protocol()))
 
 
 def scatter_plot(predicted: np.ndarray, measured: np.ndarray, stats: dict[str, float], title: str,
