@@ -156,7 +156,10 @@ def chained(models: Sequence[bytes]) -> bytes:
     with its own weights, as the blocks of a stage do; each distinct model is parsed once. Only the last part's
     output is the network's.
     """
-    parsed = {id(model): _Graph(model) for model in models}
+    parsed: dict[int, _Graph] = {}
+    for model in models:
+        if id(model) not in parsed:
+            parsed[id(model)] = _Graph(model)
     first = parsed[id(models[0])]
     pieces, previous = [first.header], first.input
     for index, model in enumerate(models):
@@ -241,11 +244,12 @@ class OnnxRuntime(Backend):
         """Exports `before`, `after` and each block once and chains the copies at the ONNX level (`chained`):
         exporting a whole light network with twelve blocks took 0.15-0.3 s, most of the time it took to time it."""
         ends = export_onnx(before, in_shape, self.dtype), export_onnx(after, mid_shape, self.dtype)
+        bare = chained(ends)
 
         def time_chain(block: nn.Module | None, copies: int) -> Timing:
             middle = [export_onnx(block, mid_shape, self.dtype)] * copies if copies else []
-            return time_session(session(chained([ends[0], *middle, ends[1]]), self.device, self.threads),
-                                self.protocol, self.dtype)
+            model = chained([ends[0], *middle, ends[1]]) if middle else bare
+            return time_session(session(model, self.device, self.threads), self.protocol, self.dtype)
 
         return time_chain
 
