@@ -210,7 +210,7 @@ def _lut_export_ops(args: argparse.Namespace) -> None:
     specs = _lut_specs(args) + (space_specs(space, args.img_size, args.batch, args.seed) if space else [])
     calib = space.sample(args.calib, CALIBRATION_SEED) if space else []
     print(export_ops(Path(args.out), specs, args.img_size, args.batch, calib, args.op_replicas, args.format,
-                     args.coreml_precision, progress=True))
+                     args.coreml_precision, progress=True, context_max_side=args.context_max_side))
 
 
 def _lut_import(args: argparse.Namespace) -> None:
@@ -306,6 +306,10 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--op-replicas", type=int, default=1,
                         help="copies of each op side by side in its file, so the device's fixed cost per run is "
                              "shared among them (8 matches --backend onnxruntime here); the import divides")
+    export.add_argument("--context-max-side", type=int, default=0,
+                        help="blocks whose input is at most this on a side are written inside a light network, "
+                             "12 copies chained, and each network also alone; the import takes a block's share "
+                             "of the difference, as lut build --context-max-side does here (default 0: alone)")
     export.add_argument("--format", nargs="+", default=["onnx"], help="onnx and/or coreml (Core ML needs "
                         "coremltools: pip install 'fastvit-nas[coreml]')")
     export.add_argument("--coreml-precision", default="fp16", help="fp16 (Core ML's default, the Neural Engine's) "

@@ -34,7 +34,7 @@ Measured on the 62 networks of a 128 px ONNX Runtime fidelity run (`benchmarks/l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from torch import nn
@@ -70,6 +70,17 @@ class Context:
         before = nn.Sequential(model.stem, *model.stages[:self.stage], stage.downsample, stage.pos_emb)
         after = nn.Sequential(*model.stages[self.stage + 1:], model.final_conv, model.head)
         return before, after
+
+    def network(self, blocks: Sequence[nn.Module] = ()) -> nn.Sequential:
+        """The whole context with `blocks` run in sequence where the stage's blocks go: one model to time on a
+        device this machine cannot drive (`backends/external.py`)."""
+        before, after = self.parts()
+        return nn.Sequential(before, *blocks, after)
+
+    @property
+    def key(self) -> str:
+        """A name that is the same on every run: the context is its spec and stage."""
+        return f"context-s{self.stage}-{self.spec.arch_id}"
 
 
 def context_for(spec: ArchSpec, block: Op, img_size: int) -> Context:

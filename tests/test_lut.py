@@ -43,6 +43,7 @@ from fastvit_nas.latency_lut import (
     export_ops,
     fit_calibration,
     get_backend,
+    import_results,
     op_counts,
     ops,
     resolve_space,
@@ -207,6 +208,54 @@ def test_export_ops_onnxruntime_stand_in_import_matches_direct_lut(tmp_path, tin
     assert np.median(np.abs(via_device - here) / here) < 0.3, (via_device, here)
     assert spearmanr(via_device, here).statistic >= 0.8
     assert Predictor(table).predict_many(specs).min() > 0
+
+
+def test_export_ops_in_context_round_trip(tmp_path, tiny_specs, capsys):
+    """Small blocks go out as their context with `copies` blocks chained inside, each context also alone; the
+    import takes a block's share of the difference, and its table never mixes with one of blocks timed alone."""
+    specs, copies = tiny_specs[:3], 3
+    manifest = export_ops(tmp_path / "e", specs, IMG, 1, calibration=specs[:1], op_replicas=2, context_max_side=4,
+                          context_copies=copies)
+    entries = {e["key"]: e for e in json.loads(manifest.read_text())["entries"]}
+    contexts = block_contexts(specs, IMG, 1, 4)
+    inside = [e for e in entries.values() if "context" in e]
+    assert inside and {e["key"] for e in inside} == set(contexts)
+    assert {e["key"] for e in entries.values() if e["kind"] == "context"} == {c.key for c in contexts.values()}
+    block = inside[0]
+    chain = onnx.load(tmp_path / "e" / block["file"])
+    alone = onnx.load(tmp_path / "e" / entries[block["context"]]["file"])
+    assert [d.dim_value for d in chain.graph.input[0].type.tensor_type.shape.dim] == [1, 3, IMG, IMG]
+    one = onnx.load_from_string(export_onnx(op_module(unique_ops(specs, IMG)[block["key"]]),
+                                            contexts[block["key"]].mid_shape))
+
+    def weighted(model: onnx.ModelProto) -> int:
+        return sum(node.op_type in ("Conv", "Gemm", "MatMul") for node in model.graph.node)
+
+    assert weighted(one) and weighted(chain) == weighted(alone) + copies * weighted(one)
+    sess = {k: session(str(tmp_path / "e" / e["file"]), "cpu", 1) for k, e in entries.items()}
+    times = {k: time_session(s, Protocol.quick()).latency_ms for k, s in sess.items()}
+    assert times[block["key"]] > times[block["context"]]
+    pd.DataFrame({"key": list(times), "latency_ms": list(times.values())}).to_csv(tmp_path / "r.csv", index=False)
+    out = tmp_path / "phone.parquet"
+    table = import_results(tmp_path / "r.csv", manifest, "stand-in phone", out)
+    assert table.latencies()[block["key"]] == pytest.approx(
+        (times[block["key"]] - times[block["context"]]) / copies)
+    plain = next(e for e in entries.values() if e["kind"] == "op" and "context" not in e)
+    assert table.latencies()[plain["key"]] == pytest.approx(times[plain["key"]] / 2)
+    assert table.meta.measuring_protocol()["context_max_side"] == 4
+    without_context = {k: t for k, t in times.items() if k != block["context"]}
+    pd.DataFrame({"key": list(without_context), "latency_ms": list(without_context.values())}).to_csv(
+        tmp_path / "r.csv", index=False)
+    args = ["lut", "import", str(tmp_path / "r.csv"), "--manifest", str(manifest), "--device-name", "stand-in phone",
+            "--out", str(tmp_path / "other.parquet")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and block["context"] in err[0]
+    alone_manifest = export_ops(tmp_path / "e0", specs[:1], IMG, 1, op_replicas=2)
+    pd.DataFrame({"key": [e["key"] for e in json.loads(alone_manifest.read_text())["entries"]], "latency_ms": 1.0}
+                 ).to_csv(tmp_path / "r0.csv", index=False)
+    with pytest.raises(LutError, match="context_max_side"):
+        import_results(tmp_path / "r0.csv", alone_manifest, "stand-in phone", out)
 
 
 def test_bad_op_replicas_get_one_line(tmp_path, capsys):

@@ -6,7 +6,10 @@ with any tool and returns a CSV with columns `key,latency_ms`; `import_results` 
 fingerprint is the device name given, calibrated when the networks were timed too. With `op_replicas` > 1 each
 op file holds that many copies side by side (`onnxruntime.replicated`), as ONNX Runtime times ops here, so a
 runtime's fixed cost per run is not charged to every op; the user times each file as it is, and the import
-divides.
+divides. With `context_max_side` > 0, blocks whose input is at most that on a side are written as a light network
+(`in_context.Context`) with `context_copies` copies of the block chained inside, and each such network is also
+written alone: the import takes a block's share of the difference, as a build here does (`in_context.py`), so a
+phone's table follows the same protocol as this machine's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from ...errors import FastVitNasError
 from ...fastvit.model import build_model
 from ...fastvit.spec import ArchSpec
 from ..build import refit
-from ..measure import Timing
+from ..in_context import Context, block_contexts, block_timing
+from ..measure import Protocol, Timing
 from ..modules import op_module
 from ..ops import Op, unique_ops
 from ..table import LatencyTable, LutMeta
@@ -80,39 +84,59 @@ def file_stem(key: str) -> str:
     return key.replace(":", "_")
 
 
+def _in_context(context: Context, op: Op, copies: int) -> nn.Module:
+    """`copies` of the block `op` inside `context`, each built afresh: with weights of their own values."""
+    return context.network([op_module(op) for _ in range(copies)])
+
+
 def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, calibration: list[ArchSpec] = (),
                op_replicas: int = 1, formats: Sequence[str] = ("onnx",), coreml_precision: str = "fp16",
-               progress: bool = False) -> Path:
-    """Write each op to `out/ops/` and each calibration network to `out/networks/`, once per format, with
-    `manifest.json` and `manifest.csv`; returns the JSON path. Files already in `out` from an earlier run with the
-    same settings are kept, so an export that was killed (the full space in Core ML takes half an hour) resumes."""
-    if op_replicas < 1:
-        raise FastVitNasError(f"--op-replicas: must be >= 1, got {op_replicas}")
+               progress: bool = False, context_max_side: int = 0,
+               context_copies: int = Protocol.context_copies) -> Path:
+    """Write each op to `out/ops/`, each block context to `out/contexts/` and each calibration network to
+    `out/networks/`, once per format, with `manifest.json` and `manifest.csv`; returns the JSON path. Files
+    already in `out` from an earlier run with the same settings are kept, so an export that was killed (the full
+    space in Core ML takes half an hour) resumes."""
+    for name, value in (("--op-replicas", op_replicas), ("--context-copies", context_copies)):
+        if value < 1:
+            raise FastVitNasError(f"{name}: must be >= 1, got {value}")
+    if context_max_side < 0:
+        raise FastVitNasError(f"--context-max-side: must be >= 0 (0: every block alone), got {context_max_side}")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise FastVitNasError(f"--format: must be among {', '.join(FORMATS)}, got {', '.join(unknown) or 'none'}")
     coreml = {"precision": coreml_precision, "deployment_target": DEPLOYMENT_TARGET,
               "coremltools_version": coremltools_module(coreml_precision).__version__} if "coreml" in formats else None
     out = Path(out)
-    _claim(out, {"img_size": img_size, "batch": batch, "op_replicas": op_replicas, "formats": list(formats),
-                 "opset": OPSET, "coreml_precision": coreml_precision if "coreml" in formats else None})
-    (out / "ops").mkdir(exist_ok=True)
-    if calibration:
-        (out / "networks").mkdir(exist_ok=True)
-    ops = unique_ops(list(specs) + list(calibration), img_size, batch).values()
-    items = [("op", op) for op in ops] + [("network", spec) for spec in calibration]
+    regime = {"op_replicas": op_replicas,
+              **({"context_max_side": context_max_side, "context_copies": context_copies} if context_max_side else {})}
+    _claim(out, {"img_size": img_size, "batch": batch, **regime, "formats": list(formats), "opset": OPSET,
+                 "coreml_precision": coreml_precision if "coreml" in formats else None})
+    everything = list(specs) + list(calibration)
+    contexts = block_contexts(everything, img_size, batch, context_max_side)
+    items = [*unique_ops(everything, img_size, batch).values(), *dict.fromkeys(contexts.values()), *calibration]
     entries: list[dict[str, Any]] = []
-    for kind, item in tqdm(items, desc="export", unit="model", disable=not progress):
-        if kind == "op":
-            stem, shape, replicas = f"ops/{file_stem(item.key)}", item.in_shape, op_replicas
-            entry = {"key": item.key, "kind": kind, "input_shape": list(shape), "replicas": replicas,
+    for item in tqdm(items, desc="export", unit="model", disable=not progress):
+        if isinstance(item, Op) and item.key in contexts:
+            context = contexts[item.key]
+            stem, shape, replicas = f"ops/{file_stem(item.key)}", context.in_shape, 1
+            entry = {"key": item.key, "kind": "op", "context": context.key, "copies": context_copies,
                      **item.columns()}
+            make_module = partial(_in_context, context, item, context_copies)
+        elif isinstance(item, Op):
+            stem, shape, replicas = f"ops/{file_stem(item.key)}", item.in_shape, op_replicas
+            entry = {"key": item.key, "kind": "op", **item.columns()}
             make_module = partial(op_module, item)
+        elif isinstance(item, Context):
+            stem, shape, replicas = f"contexts/{item.key}", item.in_shape, 1
+            entry = {"key": item.key, "kind": "context", "spec": item.spec.to_dict()}
+            make_module = item.network
         else:
             stem, shape, replicas = f"networks/{item.arch_id}", (batch, item.in_chans, img_size, img_size), 1
-            entry = {"key": NETWORK_PREFIX + item.arch_id, "kind": kind, "input_shape": list(shape),
-                     "spec": item.to_dict()}
+            entry = {"key": NETWORK_PREFIX + item.arch_id, "kind": "network", "spec": item.to_dict()}
             make_module = partial(build_model, item, inference=True)
+        (out / stem).parent.mkdir(exist_ok=True)
+        entry = {**entry, "input_shape": list(shape), "replicas": replicas}
         files = {fmt: stem + FORMATS[fmt] for fmt in formats}
         for fmt, name in files.items():
             if not (out / name).exists():
@@ -120,9 +144,11 @@ def export_ops(out: Path, specs: list[ArchSpec], img_size: int, batch: int, cali
         entries.append({**entry, "file": files[formats[0]], "files": files})
     manifest = {"manifest_version": MANIFEST_VERSION, "img_size": img_size, "batch": batch, "dtype": "float32",
                 "layout": "NCHW", "formats": list(formats), "opset": OPSET, "torch_version": torch.__version__,
-                "op_replicas": op_replicas,
+                **regime,
                 "results": "CSV with columns key,latency_ms (milliseconds per run of the file, one row per entry; "
-                           "an op file holds `replicas` copies, and the import divides by them)", "entries": entries}
+                           "an op file holds `replicas` copies, and the import divides by them; one with a "
+                           "`context` holds `copies` copies of a block inside that context, and the import takes "
+                           "the context's own row off before dividing)", "entries": entries}
     if coreml:
         manifest["coreml"] = coreml
     path = out / "manifest.json"
@@ -183,6 +209,18 @@ def measured_format(manifest: dict[str, Any], fmt: str | None, where: Path) -> t
     return fmt, "float16" if half else manifest["dtype"]
 
 
+def _share(entry: dict[str, Any], latencies: dict[str, float]) -> Timing:
+    """One op's latency from the time of its file: a copy's share, or a block's share of what its copies added to
+    their context (`in_context.block_timing`)."""
+
+    def timing(ms: float) -> Timing:
+        return Timing(ms, ms, ms, 0.0, 1)
+
+    if "context" in entry:
+        return block_timing(timing(latencies[entry["key"]]), timing(latencies[entry["context"]]), entry["copies"])
+    return timing(latencies[entry["key"]] / entry.get("replicas", 1))
+
+
 def import_results(results: Path, manifest_path: Path, device_name: str, out: Path,
                    runtime: str = "unknown", fmt: str | None = None) -> LatencyTable:
     """Build (or extend) the LUT at `out` for `device_name` from device-measured latencies of the manifest's
@@ -194,22 +232,23 @@ def import_results(results: Path, manifest_path: Path, device_name: str, out: Pa
     unknown = [k for k in latencies if k not in entries]
     if unknown:
         raise FastVitNasError(f"{results}: key {unknown[0]!r} is not in {manifest_path}")
-    missing = [k for k, e in entries.items() if e["kind"] == "op" and k not in latencies]
+    missing = [k for k, e in entries.items() if e["kind"] in ("op", "context") and k not in latencies]
     if missing:
-        raise FastVitNasError(f"{results}: lacks {len(missing)} op(s) of the manifest (first: {missing[0]})")
+        raise FastVitNasError(f"{results}: lacks {len(missing)} op(s) or context(s) of the manifest (first: "
+                              f"{missing[0]})")
     meta = LutMeta(backend="external", backend_version=runtime, torch_version=manifest["torch_version"],
                    device={"kind": "external", "name": device_name}, dtype=dtype,
                    batch=manifest["batch"], img_size=manifest["img_size"], threads=None, layout=manifest["layout"],
                    protocol={"source": "external", "results": Path(results).name, "format": fmt,
-                             "op_replicas": manifest.get("op_replicas", 1)})
+                             **{name: manifest.get(name, default) for name, default in
+                                (("op_replicas", 1), ("context_max_side", 0), ("context_copies", None))}})
     table = LatencyTable(meta)
     if Path(out).exists():
         table = LatencyTable.load(out)
         table.meta.check_compatible(meta, str(out))
     op_columns = set(Op.__dataclass_fields__) - {"module_path"}
-    shares = {k: ms / entries[k].get("replicas", 1) for k, ms in latencies.items() if entries[k]["kind"] == "op"}
-    new = [(Op(**{name: v for name, v in entries[k].items() if name in op_columns}), Timing(ms, ms, ms, 0.0, 1))
-           for k, ms in shares.items() if k not in table]
+    new = [(Op(**{name: v for name, v in entries[k].items() if name in op_columns}), _share(entries[k], latencies))
+           for k in latencies if entries[k]["kind"] == "op" and k not in table]
     table.add(new)
     points = [{"arch_id": entries[k]["key"][len(NETWORK_PREFIX):], "spec": entries[k]["spec"], "measured_ms": ms}
               for k, ms in latencies.items() if entries[k]["kind"] == "network"]
