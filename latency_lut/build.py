@@ -134,7 +134,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     after the ops, all twelve calibration networks of a 256 px ONNX Runtime build fell into one spell that
     outlasted the wait for calm; divided by its level (1.15) while the held-out networks were timed at 0.94, they
     made every prediction 7.7 % too fast (within ±10 %: 74 %, Spearman 0.997). Small blocks are timed inside a
-    network (`in_context.py`), each time right after their context alone, so that both meet the host alike.
+    network (`in_context.py`): each chain of copies and each context alone is an item of the sweeps, and a block's
+    entry is its share of the difference of their best sweeps, once both are final.
     """
     meta = table.meta
     protocol = backend.protocol
@@ -142,35 +143,52 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     needed = unique_ops(specs, meta.img_size, meta.batch)
     missing = [needed[k] for k in table.missing(needed)]
     contexts = block_contexts(specs, meta.img_size, meta.batch, protocol.context_max_side)
-    measured = [InContext(contexts[op.key], op) if op.key in contexts else op for op in missing]
-    items: list[Op | InContext | ArchSpec] = [networks[i] if is_network else measured[i]
-                                              for is_network, i in _interleave(len(networks), len(measured))]
+    inside = [InContext(contexts[op.key], op) for op in missing if op.key in contexts]
+    measured = [*dict.fromkeys(item.context for item in inside), *inside,
+                *(op for op in missing if op.key not in contexts)]
+    items: list[Op | InContext | Context | ArchSpec] = [
+        networks[i] if is_network else measured[i] for is_network, i in _interleave(len(networks), len(measured))]
     passes = [protocol.network_passes if isinstance(item, ArchSpec) else
-              protocol.context_passes if isinstance(item, InContext) else protocol.passes for item in items]
+              protocol.context_passes if isinstance(item, InContext | Context) else protocol.passes for item in items]
     last_save = [time.monotonic()]
     network_timings: dict[str, Timing] = {}
     timers: dict[Context, Callable[[nn.Module | None, int], Timing]] = {}
+    context_timings: dict[Context, Timing] = {}
+    chains: dict[Context, list[tuple[Op, Timing]]] = {}
 
-    def time_item(item: Op | InContext | ArchSpec) -> Timing:
+    def time_item(item: Op | InContext | Context | ArchSpec) -> Timing:
         if isinstance(item, ArchSpec):
             return measure_network(backend, item, meta.img_size, meta.batch)
-        if isinstance(item, InContext):
-            context = item.context
+        if isinstance(item, InContext | Context):
+            context = item.context if isinstance(item, InContext) else item
             if context not in timers:
                 timers[context] = backend.chain_timer(*context.parts(), context.in_shape, context.mid_shape)
-            alone = timers[context](None, 0)
-            copies = protocol.context_copies
-            return block_timing(timers[context](op_module(item.op), copies), alone, copies)
+            if isinstance(item, Context):
+                return timers[context](None, 0)
+            return timers[context](op_module(item.op), protocol.context_copies)
         return measure_op(backend, item)
 
-    def done(item: Op | InContext | ArchSpec, timing: Timing) -> None:
-        if isinstance(item, ArchSpec):
-            network_timings[item.arch_id] = timing
-            return
-        table.add([(item.op if isinstance(item, InContext) else item, timing)])
+    def add(timed: list[tuple[Op, Timing]]) -> None:
+        table.add(timed)
         if path is not None and time.monotonic() - last_save[0] > checkpoint_s:
             table.save(path)
             last_save[0] = time.monotonic()
+
+    def done(item: Op | InContext | Context | ArchSpec, timing: Timing) -> None:
+        if isinstance(item, ArchSpec):
+            network_timings[item.arch_id] = timing
+            return
+        if isinstance(item, Op):
+            add([(item, timing)])
+            return
+        if isinstance(item, Context):
+            context_timings[item] = timing
+        else:
+            chains.setdefault(item.context, []).append((item.op, timing))
+        context = item if isinstance(item, Context) else item.context
+        if context in context_timings:
+            alone = context_timings[context]
+            add([(op, block_timing(chain, alone, protocol.context_copies)) for op, chain in chains.pop(context, [])])
 
     _sweeps(backend, items, time_item, passes, "ops" + (" + networks" if networks else ""), "item", progress, done)
     return len(needed), len(missing), [network_timings[spec.arch_id] for spec in networks]
