@@ -267,7 +267,7 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--context-max-side", type=int,
                        help="blocks whose input is at most this on a side are timed inside a light network, where "
                             "they cost up to 1.6x their time alone (default 0: every block alone; 8 is the setting "
-                            "measured, and made a 128 px build of the default space take 28 minutes here "
+                            "measured, and made a 128 px build of the default space take 21-26 minutes here "
                             "instead of 7)")
     build.add_argument("--network-passes", type=int,
                        help="sweeps over the end-to-end networks, calibration now and held-out at validation; the "

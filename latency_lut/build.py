@@ -156,16 +156,18 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     context_timings: dict[Context, Timing] = {}
     chains: dict[Context, list[tuple[Op, Timing]]] = {}
 
+    def timer(context: Context) -> Callable[[nn.Module | None, int], Timing]:
+        if context not in timers:
+            timers[context] = backend.chain_timer(*context.parts(), context.in_shape, context.mid_shape)
+        return timers[context]
+
     def time_item(item: Op | InContext | Context | ArchSpec) -> Timing:
         if isinstance(item, ArchSpec):
             return measure_network(backend, item, meta.img_size, meta.batch)
-        if isinstance(item, InContext | Context):
-            context = item.context if isinstance(item, InContext) else item
-            if context not in timers:
-                timers[context] = backend.chain_timer(*context.parts(), context.in_shape, context.mid_shape)
-            if isinstance(item, Context):
-                return timers[context](None, 0)
-            return timers[context](op_module(item.op), protocol.context_copies)
+        if isinstance(item, Context):
+            return timer(item)(None, 0)
+        if isinstance(item, InContext):
+            return timer(item.context)(op_module(item.op), protocol.context_copies)
         return measure_op(backend, item)
 
     def add(timed: list[tuple[Op, Timing]]) -> None:
@@ -182,10 +184,11 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
             add([(item, timing)])
             return
         if isinstance(item, Context):
-            context_timings[item] = timing
+            context = item
+            context_timings[context] = timing
         else:
-            chains.setdefault(item.context, []).append((item.op, timing))
-        context = item if isinstance(item, Context) else item.context
+            context = item.context
+            chains.setdefault(context, []).append((item.op, timing))
         if context in context_timings:
             alone = context_timings[context]
             add([(op, block_timing(chain, alone, protocol.context_copies)) for op, chain in chains.pop(context, [])])
