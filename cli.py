@@ -155,7 +155,8 @@ def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
     overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas", "network_passes",
-                                "extra_passes", "context_max_side") if (v := getattr(args, k)) is not None}
+                                "extra_passes", "context_max_side", "recheck_tol")
+                 if (v := getattr(args, k)) is not None}
     protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator), **overrides)
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=protocol)
@@ -269,6 +270,9 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                             "they cost up to 1.6x their time alone (default 0: every block alone; 8 is the setting "
                             "measured, and made a 128 px build of the default space take 21-26 minutes here "
                             "instead of 7)")
+    build.add_argument("--recheck-tol", type=float,
+                       help="entries more than this (log) above the trend of their op type and resolution are timed "
+                            "again after the sweeps, keeping the faster timing (default 0.10; 0: never)")
     build.add_argument("--network-passes", type=int,
                        help="sweeps over the end-to-end networks, calibration now and held-out at validation; the "
                             "fastest kept (default 4; with 2, one network's two measurements differed by over 10 %% "

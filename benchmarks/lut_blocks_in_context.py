@@ -73,8 +73,8 @@ def main() -> None:
     timed_inside = copy.copy(table)
     timed_inside.rows = table.rows[~table.rows["key"].isin(set(contexts))].reset_index(drop=True)
     start = time.time()
-    _, blocks, networks = measure_missing(timed_inside, backend, specs, progress=True,
-                                          networks=specs if args.retime else ())
+    done = measure_missing(timed_inside, backend, specs, progress=True, networks=specs if args.retime else ())
+    blocks, networks = done.measured, done.networks
     if args.retime:
         calibration_ms = np.array([t.latency_ms for t in networks[:len(calibration)]])
         held_out_ms = np.array([t.latency_ms for t in networks[len(calibration):]])

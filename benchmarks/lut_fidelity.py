@@ -109,7 +109,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
                                             agree_tol=args.agree_tol,
                                             reference_s=args.reference_s, calm_wait_s=args.calm_wait_s,
                                             cold_weights_mb=args.cold_weights_mb, op_replicas=args.op_replicas,
-                                            context_max_side=args.context_max_side))
+                                            context_max_side=args.context_max_side, recheck_tol=args.recheck_tol))
     name = f"{backend_name}_{args.device}_{args.dtype}_b{batch}_{img}"
     lut = out_dir / f"{name}.parquet"
     lut.unlink(missing_ok=True)
@@ -125,11 +125,12 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
         "threads": args.threads, "batch": batch, "estimator": args.estimator, "passes": args.passes,
         "network_passes": args.network_passes, "extra_passes": args.extra_passes, "agree_tol": args.agree_tol,
         "cold_weights_mb": backend.protocol.cold_weights_mb, "op_replicas": backend.protocol.op_replicas,
-        "context_max_side": backend.protocol.context_max_side,
+        "context_max_side": backend.protocol.context_max_side, "recheck_tol": backend.protocol.recheck_tol,
         "n": report.n, "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
         "spearman": report.spearman, "kendall": report.kendall, "repeatability": report.repeatability,
         "as_built": report.as_built, "drift": report.drift,
-        "build_s": build.seconds, "unique_ops": build.unique_ops, "full_space": args.full_space,
+        "build_s": build.seconds, "unique_ops": build.unique_ops, "rechecked": build.rechecked,
+        "lowered": build.lowered, "full_space": args.full_space,
         "calibration": build.calibration, "validate_s": report.seconds,
         "load_before": load_before, "load_after": os.getloadavg(), "lut": str(lut), "plot": report.plot,
         "per_spec": {"arch_id": report.arch_ids, "predicted_ms": report.predicted_ms,
@@ -170,6 +171,8 @@ def main() -> None:
                         help="copies of an op per timed call (default: the backend's, 8 for ONNX Runtime, 1 for torch)")
     parser.add_argument("--context-max-side", type=int, default=Protocol.context_max_side,
                         help="blocks up to this input side are timed inside a network (default 0: none)")
+    parser.add_argument("--recheck-tol", type=float, default=Protocol.recheck_tol,
+                        help="entries this far (log) above their family's trend are timed again (0: never)")
     parser.add_argument("--full-space", action="store_true", help="build the whole default space's LUT")
     parser.add_argument("--recalibrate", action="store_true",
                         help="re-time the calibration networks interleaved with the held-out ones")

@@ -24,26 +24,41 @@ from ..fastvit.model import build_model
 from ..fastvit.spec import ArchSpec
 from .backends import Backend
 from .in_context import Context, InContext, block_contexts, block_timing
-from .measure import T, Timing, best_of_passes, weight_copies
+from .measure import T, Timing, best_of_passes, calm_first, weight_copies
 from .modules import op_module
 from .ops import Op, unique_ops
 from .predict import MIN_CALIBRATION_POINTS, Predictor, fit_calibration
 from .spaces import SpaceSource
 from .speed import speed_normalised
 from .table import LatencyTable, LutError, LutMeta
+from .trend import above_trend
 
 CALIBRATION_SEED = 1_000_003
 """Seed of the calibration sample; validation excludes these specs, so its figures are held-out."""
 
 
 @dataclass(frozen=True)
+class Measured:
+    """What `measure_missing` did: ops needed and measured, entries timed again and how many of those came out
+    faster (`trend.py`), and the networks' timings."""
+
+    needed: int
+    measured: int
+    rechecked: int
+    lowered: int
+    networks: list[Timing]
+
+
+@dataclass(frozen=True)
 class BuildReport:
-    """What a build did: ops needed and measured, calibration points added, time taken."""
+    """What a build did: ops needed and measured, entries re-checked, calibration points added, time taken."""
 
     path: str
     unique_ops: int
     measured: int
     reused: int
+    rechecked: int
+    lowered: int
     calibration_measured: int
     calibration: dict
     seconds: float
@@ -124,10 +139,10 @@ def measure_op(backend: Backend, op: Op) -> Timing:
 
 def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchSpec], path: Path | None = None,
                     progress: bool = False, checkpoint_s: float = 60.0,
-                    networks: Sequence[ArchSpec] = ()) -> tuple[int, int, list[Timing]]:
+                    networks: Sequence[ArchSpec] = ()) -> Measured:
     """Measure the ops of `specs` that `table` lacks (each unique op once per sweep), and `networks` end-to-end in
-    the same sweeps and then alone up to `network_passes`; returns (ops needed, ops measured, the networks'
-    timings).
+    the same sweeps and then alone up to `network_passes`; then time again the new entries that lie above their
+    family's trend (`trend.py`).
 
     The networks (a build's calibration) are spread evenly through the ops, so that they meet the host in the
     states the ops met, and share their sweeps and their re-timing once a slow spell ends. Timed in one block
@@ -135,7 +150,9 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     outlasted the wait for calm; divided by its level (1.15) while the held-out networks were timed at 0.94, they
     made every prediction 7.7 % too fast (within ±10 %: 74 %, Spearman 0.997). Small blocks are timed inside a
     network (`in_context.py`): each chain of copies and each context alone is an item of the sweeps, and a block's
-    entry is its share of the difference of their best sweeps, once both are final.
+    entry is its share of the difference of their best sweeps, once both are final. The re-check comes after all
+    sweeps, so its items meet the host minutes after their first timings, and an entry keeps the better of the
+    two (`measure.calm_first`). A build resumed after an interruption re-checks only what it measures itself.
     """
     meta = table.meta
     protocol = backend.protocol
@@ -155,6 +172,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     timers: dict[Context, Callable[[nn.Module | None, int], Timing]] = {}
     context_timings: dict[Context, Timing] = {}
     chains: dict[Context, list[tuple[Op, Timing]]] = {}
+    stored: dict[str, Timing] = {}
 
     def timer(context: Context) -> Callable[[nn.Module | None, int], Timing]:
         if context not in timers:
@@ -172,6 +190,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
 
     def add(timed: list[tuple[Op, Timing]]) -> None:
         table.add(timed)
+        stored.update((op.key, timing) for op, timing in timed)
         if path is not None and time.monotonic() - last_save[0] > checkpoint_s:
             table.save(path)
             last_save[0] = time.monotonic()
@@ -194,7 +213,25 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
             add([(op, block_timing(chain, alone, protocol.context_copies)) for op, chain in chains.pop(context, [])])
 
     _sweeps(backend, items, time_item, passes, "ops" + (" + networks" if networks else ""), "item", progress, done)
-    return len(needed), len(missing), [network_timings[spec.arch_id] for spec in networks]
+    suspects = above_trend(table.rows, protocol.recheck_tol) & stored.keys()
+    again = [item for item in measured if not isinstance(item, Context) and _op(item).key in suspects]
+    lowered = []
+    if again:
+        retimed = _sweeps(backend, again, time_item, [protocol.recheck_passes] * len(again), "re-check", "item",
+                          progress)
+        rank = calm_first(backend)
+        for item, timing in zip(again, retimed, strict=True):
+            if isinstance(item, InContext):
+                timing = block_timing(timing, context_timings[item.context], protocol.context_copies)
+            if rank(timing) < rank(stored[_op(item).key]):
+                lowered.append((_op(item), timing))
+        table.retime(lowered)
+    return Measured(len(needed), len(missing), len(again), len(lowered),
+                    [network_timings[spec.arch_id] for spec in networks])
+
+
+def _op(item: Op | InContext) -> Op:
+    return item.op if isinstance(item, InContext) else item
 
 
 def measure_networks(backend: Backend, specs: list[ArchSpec], img_size: int, batch: int,
@@ -300,10 +337,11 @@ def build_lut(out: Path, backend: Backend, *, specs: list[ArchSpec] | None = Non
     points = (table.meta.calibration or {}).get("points", [])
     have = {p["arch_id"] for p in points}
     todo = list({s.arch_id: s for s in calibration if s.arch_id not in have}.values())
-    unique, measured, timings = measure_missing(table, backend, wanted + calibration, out, progress, networks=todo)
+    done = measure_missing(table, backend, wanted + calibration, out, progress, networks=todo)
     if calibration:
-        refit(table, [*points, *(_calibration_point(spec, t) for spec, t in zip(todo, timings, strict=True))])
+        refit(table, [*points, *(_calibration_point(spec, t) for spec, t in zip(todo, done.networks, strict=True))])
     table.save(out)
-    return BuildReport(path=str(out), unique_ops=unique, measured=measured, reused=unique - measured,
+    return BuildReport(path=str(out), unique_ops=done.needed, measured=done.measured,
+                       reused=done.needed - done.measured, rechecked=done.rechecked, lowered=done.lowered,
                        calibration_measured=len(todo), calibration=(table.meta.calibration or {}).get("fit", {}),
                        seconds=time.monotonic() - start)

@@ -22,7 +22,9 @@ as a whole network's are (`weight_copies`). `op_replicas` copies of an op run wi
 is shared among them: a runtime with a fixed cost per call (an ONNX Runtime session run) pays it once per
 network, not once per op (`None`: the backend's own default). Blocks whose input is at most `context_max_side` on
 a side are timed inside a light network, `context_copies` of them chained, in `context_passes` sweeps
-(`in_context.py`; 0: none, the default). `distinct_copies` records that the copies' weights differ in value, not
+(`in_context.py`; 0: none, the default). Entries more than `recheck_tol` (log) above their family's trend are
+timed again in `recheck_passes` sweeps, after all others, and keep the faster timing (`trend.py`; 0: never).
+`distinct_copies` records that the copies' weights differ in value, not
 just in name, as ONNX Runtime's do since this field (`backends/onnxruntime._Graph`): it stores equal initializers
 once, and LUTs from before it timed attention blocks and heads with their copies' weights shared. A backend
 supplies `run_once`, which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA
@@ -81,6 +83,8 @@ class Protocol:
     context_copies: int = 12
     context_passes: int = 3
     distinct_copies: bool = True
+    recheck_tol: float = 0.10
+    recheck_passes: int = 2
 
     def __post_init__(self) -> None:
         if self.estimator not in ("median", "min"):
@@ -95,7 +99,7 @@ class Protocol:
             raise FastVitNasError(f"cold_weights_mb must be >= 0 (0: warm weights, None: the backend's default), "
                                   f"got {self.cold_weights_mb!r}")
         for name, least in (("passes", 1), ("network_passes", 1), ("context_passes", 1), ("extra_passes", 0),
-                            ("agree_tol", 0)):
+                            ("agree_tol", 0), ("recheck_tol", 0), ("recheck_passes", 1)):
             if getattr(self, name) < least:
                 raise FastVitNasError(f"{name} must be >= {least}, got {getattr(self, name)!r}")
         if self.context_max_side < 0:
@@ -233,6 +237,13 @@ class CalmHost(typing.Protocol):
     def await_calm(self) -> bool: ...
 
 
+def calm_first(host: CalmHost | None) -> Callable[[Timing], tuple[bool, float]]:
+    """The key by which the better of two timings of one item is the smaller: one timed while `host` was calm
+    before one from a slow spell, then the lower time as measured (`best_of_passes`)."""
+    settled = host.settled if host is not None else lambda _: True
+    return lambda timing: (not settled(timing), timing.measured_ms)
+
+
 def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: int | Sequence[int],
                    on_done: Callable[[T, Timing], None] | None = None, seed: int = 0,
                    host: CalmHost | None = None, extra: int = 0, agree_tol: float = 0.05) -> list[Timing]:
@@ -258,9 +269,7 @@ def best_of_passes(items: Sequence[T], time_one: Callable[[T], Timing], passes: 
     rng = np.random.default_rng(seed)
     settled = host.settled if host is not None else lambda _: True
     done = on_done or (lambda *_: None)
-
-    def rank(timing: Timing) -> tuple[bool, float]:
-        return not settled(timing), timing.measured_ms
+    rank = calm_first(host)
 
     best: list[Timing | None] = [None] * len(items)
     fastest_calm: list[list[float]] = [[] for _ in items]

@@ -165,13 +165,19 @@ class LatencyTable:
         duplicate = [op.key for op, _ in entries if op.key in set(self.rows["key"])]
         if duplicate:
             raise ValueError(f"already measured: {duplicate[0]}")
-        now = _now()
-        new = pd.DataFrame([
-            {**op.columns(), "latency_ms": t.latency_ms, "median_ms": t.median_ms, "min_ms": t.min_ms,
-             "iqr_ms": t.iqr_ms, "count": t.count, "measured_at": now, "slowdown": t.slowdown}
-            for op, t in entries
-        ])
+        new = pd.DataFrame([{**op.columns(), **_timing_columns(t)} for op, t in entries])
         self.rows = new if self.rows.empty else pd.concat([self.rows, new], ignore_index=True)
+
+    def retime(self, entries: list[tuple[Op, Timing]]) -> None:
+        """Replace the timings of ops already measured (a build's re-check of suspect entries, `trend.py`)."""
+        rows = self.rows.set_index("key")
+        absent = [op.key for op, _ in entries if op.key not in rows.index]
+        if absent:
+            raise ValueError(f"not measured yet: {absent[0]}")
+        for op, t in entries:
+            for name, value in _timing_columns(t).items():
+                rows.at[op.key, name] = value
+        self.rows = rows.reset_index()
 
     def merge(self, other: LatencyTable, what: str = "merge") -> int:
         """Add the other table's ops that this one lacks (same device, settings, versions); returns how many.
@@ -283,3 +289,9 @@ class LatencyTable:
         if rows["key"].duplicated().any():
             raise LutError(f"{path}: LUT has duplicate key {rows.loc[rows['key'].duplicated(), 'key'].iloc[0]}")
         return cls(meta, rows)
+
+
+def _timing_columns(t: Timing) -> dict[str, Any]:
+    """A timing as the LUT's timing columns, stamped with the time it was stored."""
+    return {"latency_ms": t.latency_ms, "median_ms": t.median_ms, "min_ms": t.min_ms, "iqr_ms": t.iqr_ms,
+            "count": t.count, "measured_at": _now(), "slowdown": t.slowdown}

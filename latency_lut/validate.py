@@ -158,7 +158,7 @@ def validate(lut: Path, specs: list[ArchSpec], plot: Path | None = None, backend
         raise LutError("validate: no held-out specs (all were calibration specs)")
     if table.missing(k for s in specs for k in _keys(s, meta)):
         meta.check_compatible(here, str(lut), versions=True)
-    _, filled, _ = measure_missing(table, backend, specs, lut, progress)
+    filled = measure_missing(table, backend, specs, lut, progress).measured
     stale, drift = None, None
     if recalibrate_first:
         stale = Predictor(table, str(lut)).predict_many(specs)

@@ -7,6 +7,7 @@ onnxruntime and torch with the quick protocol on 64x64 inputs from the tiny spac
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -611,6 +612,60 @@ def test_small_blocks_are_timed_inside_a_network_and_the_rest_alone(tmp_path, ti
     assert latencies[alone.key] == pytest.approx(
         1e-6 * sum(p.numel() for p in op_module(alone).parameters()) * math.prod(alone.in_shape[1:]) ** 0.5 + 0.01)
     assert block_timing(Timing(1.0, 1.0, 1.0, 0.3, 5), Timing(2.0, 2.0, 2.0, 0.0, 5), 3).latency_ms == 0.0
+
+
+class SlowAtFirst(FakeBackend):
+    """FakeBackend's latency, except that modules of the `first` parameter counts take 1.5 times it on their
+    first timing (both sweeps of an op met a busy host) and those of the `later` ones twice it on every later
+    timing (the op is as fast as it was timed, and the re-check met a busy host)."""
+
+    def __init__(self, first: set[int], later: set[int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.first, self.later, self.timed = first, later, collections.Counter()
+
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
+                    replicas: int = 1) -> Timing:
+        plain = super().time_module(module, in_shape, copies, replicas)
+        params = sum(p.numel() for p in module.parameters())
+        again = self.timed[params] > 0
+        self.timed[params] += 1
+        factor = 2.0 if again and params in self.later else 1.5 if not again and params in self.first else 1.0
+        return Timing(*(factor * ms for ms in (plain.latency_ms, plain.median_ms, plain.min_ms)), 0.0, 1)
+
+
+def test_entries_above_their_familys_trend_are_timed_again_and_keep_the_faster_timing(tmp_path, tiny_specs,
+                                                                                      monkeypatch):
+    """The suspects (`trend.above_trend`, here chosen by the test) are each timed `recheck_passes` more times
+    after the sweeps: an op alone and a block in context whose first timings were slow come down to their true
+    latency, an op whose re-check was slower keeps its first timing, and no other op is timed again."""
+    specs = tiny_specs[:4]
+    protocol = Protocol(passes=1, network_passes=1, reference_s=0.0, calm_wait_s=0.0, context_max_side=4,
+                        context_copies=3, context_passes=1, recheck_passes=2)
+    contexts = block_contexts(specs, IMG, 1, 4)
+    needed = unique_ops(specs, IMG)
+    params = {key: sum(p.numel() for p in op_module(op).parameters()) for key, op in needed.items()}
+    alone = [k for k, op in needed.items() if k not in contexts and list(params.values()).count(params[k]) == 1]
+    inside = next(k for k in contexts if list(params.values()).count(params[k]) == 1)
+    slow_op, steady_op = alone[:2]
+    context_params = sum(p.numel() for part in contexts[inside].parts() for p in part.parameters())
+    chain_params = context_params + protocol.context_copies * params[inside]
+    backend = SlowAtFirst({params[slow_op], chain_params}, {params[steady_op]}, protocol=protocol)
+    suspects = {slow_op, steady_op, inside}
+    monkeypatch.setattr("fastvit_nas.latency_lut.build.above_trend",
+                        lambda rows, tol: suspects if tol == protocol.recheck_tol and len(rows) == len(needed) else {})
+    path = tmp_path / "l.parquet"
+    report = build_lut(path, backend, specs=specs, img_size=IMG, calibration_n=0)
+    first_sweeps = len(needed) + len(set(contexts.values()))  # every op alone or chained, and each context
+    assert (report.rechecked, report.lowered) == (3, 2)
+    assert len(backend.calls) == first_sweeps + protocol.recheck_passes * len(suspects)
+    latencies = LatencyTable.load(path).latencies()
+    truth = {k: 1e-6 * params[k] * math.prod(needed[k].in_shape[1:]) ** 0.5 + 0.01 for k in (slow_op, steady_op)}
+    assert latencies[slow_op] == pytest.approx(truth[slow_op], rel=1e-9)
+    assert latencies[steady_op] == pytest.approx(truth[steady_op], rel=1e-9)
+    assert latencies[inside] == pytest.approx(1e-6 * params[inside] * math.prod(contexts[inside].in_shape[1:]) ** 0.5,
+                                              rel=1e-6)
+    with pytest.raises(ValueError, match="not measured yet"):
+        LatencyTable.load(path).retime([(dataclasses.replace(needed[slow_op], key="absent"), Timing(1, 1, 1, 0, 1))])
 
 
 def test_a_real_chain_costs_more_with_more_blocks_on_both_backends(tiny_specs):
