@@ -31,7 +31,8 @@ correlation 0.85 against 0.80, networks' spread 8.9 % against 9.5 %.
 A division is still an approximation. The slow spells took the host's second core (single-thread timings stayed
 within 1-2 % through them), and each op suffers by how parallel it is. So an item whose every sweep fell in a slow
 spell is timed again after the sweeps, once the host is calm (`SpeedNormalised.await_calm`, up to
-`Protocol.calm_wait_s` of waiting); only what a spell that outlasts the wait leaves is divided.
+`Protocol.calm_wait_s` of waiting). What a spell that outlasts the wait leaves keeps its time as measured, on the
+calm scale (`SpeedNormalised.as_calm`): the reference's spells overstated how much those items slowed.
 """
 
 from __future__ import annotations
@@ -162,6 +163,12 @@ class SpeedNormalised(Backend):
         left as measured (ONNX Runtime at 128 and 256 px).
         """
         return self.calm if self._is_calm(self.slowdown) else self.slowdown
+
+    def as_calm(self, timing: Timing) -> Timing:
+        """`timing`, taken in a slow spell and divided by its level, divided by the calm level instead: what a
+        spell that outlasts the wait for calm leaves (`measure.best_of_passes`). The spell's level overstated how
+        much the ops and networks of a 128 px build slowed (20 % and 6-30 %), as measured they were 1-7 % off."""
+        return timing.divided_by(self.calm / timing.slowdown)
 
     def _read_if_due(self) -> None:
         if time.monotonic() - self._read_at >= self.protocol.reference_s:

@@ -81,6 +81,10 @@ class Backend(ABC):
         """Wait, within the protocol's limit, for the host to be calm; whether it is (`speed.py` knows how)."""
         return True
 
+    def as_calm(self, timing: Timing) -> Timing:
+        """`timing` on the scale of the host's calm speed; a plain backend's timings are all on it."""
+        return timing
+
     def chain_timer(self, before: nn.Module, after: nn.Module, in_shape: tuple[int, ...],
                     mid_shape: tuple[int, ...]) -> Callable[[nn.Module | None, int], Timing]:
         """A timer of one network: `before` (on `in_shape`), then `copies` copies of a block, each with its own
