@@ -70,7 +70,6 @@ def _design(family: pd.DataFrame) -> np.ndarray:
 def _trimmed_residuals(design: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Residuals of every row from a least-squares fit refitted without the rows far off it."""
     keep = np.ones(len(y), dtype=bool)
-    residual = y - y.mean()
     for _ in range(TRIM_ROUNDS):
         coef = np.linalg.lstsq(design[keep], y[keep], rcond=None)[0]
         residual = y - design @ coef
