@@ -1,7 +1,7 @@
 """Which speed reference follows this host the way a build's ops and networks do?
 
 For `--minutes`, rounds of: read each candidate reference, then time target ops and held-out networks exactly as a
-build and a validation time them (`build.measure_op`, `build.measure_network`).
+build and a validation time them (`Backend.time_op`, `build.measure_network`).
 Candidates: the sa12 reference ops one copy per call, the same ops as `op_replicas` copies per call (what
 `speed.SpeedNormalised` reads), and the sa12 network end to end, each prepared once as the build prepares its
 reference. Per target, the spread (std of log time over the rounds) as measured and divided by each candidate's
@@ -25,7 +25,7 @@ from fastvit_nas.fastvit.model import build_model
 from fastvit_nas.fastvit.presets import PRESETS
 from fastvit_nas.latency_lut import Protocol, get_backend, resolve_space, unique_ops
 from fastvit_nas.latency_lut.backends import Backend
-from fastvit_nas.latency_lut.build import measure_network, measure_op
+from fastvit_nas.latency_lut.build import measure_network
 from fastvit_nas.latency_lut.measure import Timing, geomean_ratio
 from fastvit_nas.latency_lut.modules import op_module
 from fastvit_nas.latency_lut.speed import REFERENCE
@@ -51,7 +51,7 @@ def targets(backend: Backend, img: int, n_ops: int, n_networks: int, seed: int) 
     pool = list(unique_ops(space.sample(40, seed), img).values())
     picked = [pool[i] for i in np.random.default_rng(seed).choice(len(pool), n_ops, replace=False)]
 
-    out = {f"op {op.key}": (lambda op=op: measure_op(backend, op)) for op in picked}
+    out = {f"op {op.key}": (lambda op=op: backend.time_op(op)) for op in picked}
     out.update({f"network {spec.arch_id}": (lambda spec=spec: measure_network(backend, spec, img, 1))
                 for spec in space.sample(n_networks, seed + 1)})
     return out

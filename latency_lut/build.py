@@ -17,15 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from ..fastvit.model import build_model
 from ..fastvit.spec import ArchSpec
 from .backends import Backend
 from .in_context import Context, InContext, block_contexts, block_timing
-from .measure import T, Timing, best_of_passes, calm_first, weight_copies
-from .modules import op_module
+from .measure import T, Timing, best_of_passes, calm_first
 from .ops import Op, unique_ops
 from .predict import MIN_CALIBRATION_POINTS, Predictor, fit_calibration
 from .spaces import SpaceSource
@@ -130,13 +128,6 @@ def measure_network(backend: Backend, spec: ArchSpec, img_size: int, batch: int)
     return backend.time_module(build_model(spec, inference=True), (batch, spec.in_chans, img_size, img_size))
 
 
-def measure_op(backend: Backend, op: Op) -> Timing:
-    """One op's latency as a LUT records it: through the protocol's weight copies and replicas."""
-    module = op_module(op)
-    return backend.time_module(module, op.in_shape, weight_copies(module, backend.protocol),
-                               backend.protocol.op_replicas)
-
-
 def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchSpec], path: Path | None = None,
                     progress: bool = False, checkpoint_s: float = 60.0,
                     networks: Sequence[ArchSpec] = ()) -> Measured:
@@ -169,12 +160,12 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
               protocol.context_passes if isinstance(item, InContext | Context) else protocol.passes for item in items]
     last_save = [time.monotonic()]
     network_timings: dict[str, Timing] = {}
-    timers: dict[Context, Callable[[nn.Module | None, int], Timing]] = {}
+    timers: dict[Context, Callable[[Op | None, int], Timing]] = {}
     context_timings: dict[Context, Timing] = {}
     chains: dict[Context, list[tuple[Op, Timing]]] = {}
     stored: dict[str, Timing] = {}
 
-    def timer(context: Context) -> Callable[[nn.Module | None, int], Timing]:
+    def timer(context: Context) -> Callable[[Op | None, int], Timing]:
         if context not in timers:
             timers[context] = backend.chain_timer(*context.parts(), context.in_shape, context.mid_shape)
         return timers[context]
@@ -185,8 +176,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
         if isinstance(item, Context):
             return timer(item)(None, 0)
         if isinstance(item, InContext):
-            return timer(item.context)(op_module(item.op), protocol.context_copies)
-        return measure_op(backend, item)
+            return timer(item.context)(item.op, protocol.context_copies)
+        return backend.time_op(item)
 
     def add(timed: list[tuple[Op, Timing]]) -> None:
         table.add(timed)

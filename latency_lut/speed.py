@@ -47,7 +47,7 @@ from ..fastvit.presets import PRESETS
 from .backends.base import Backend
 from .measure import Timing, geomean_ratio
 from .modules import op_module
-from .ops import unique_ops
+from .ops import Op, unique_ops
 from .table import LutMeta, reference_replicas
 
 REFERENCE = "sa12"
@@ -200,8 +200,11 @@ class SpeedNormalised(Backend):
                     replicas: int = 1) -> Timing:
         return self._normalised(lambda: self.inner.time_module(module, in_shape, copies, replicas))
 
+    def time_op(self, op: Op) -> Timing:
+        return self._normalised(lambda: self.inner.time_op(op))
+
     def chain_timer(self, before: nn.Module, after: nn.Module, in_shape: tuple[int, ...],
-                    mid_shape: tuple[int, ...]) -> Callable[[nn.Module | None, int], Timing]:
+                    mid_shape: tuple[int, ...]) -> Callable[[Op | None, int], Timing]:
         inner = self.inner.chain_timer(before, after, in_shape, mid_shape)
         return lambda block, copies: self._normalised(lambda: inner(block, copies))
 

@@ -52,6 +52,7 @@ from fastvit_nas.latency_lut import (
     validate,
 )
 from fastvit_nas.latency_lut import speed as speed_module
+from fastvit_nas.latency_lut.backends import onnxruntime as ort_backend
 from fastvit_nas.latency_lut.backends.onnxruntime import chained, export_onnx, replicated, session, time_session
 from fastvit_nas.latency_lut.build import CALIBRATION_LOO_WARN, _interleave, new_meta
 from fastvit_nas.latency_lut.in_context import BLOCK_TYPES, block_contexts, block_timing, context_for
@@ -676,8 +677,44 @@ def test_a_real_chain_costs_more_with_more_blocks_on_both_backends(tiny_specs):
         timer = get_backend(name, threads=1, protocol=Protocol.quick()).chain_timer(*context.parts(),
                                                                                   context.in_shape, context.mid_shape)
         alone = min(timer(None, 0).latency_ms for _ in range(3))
-        chain = min(timer(op_module(block), 12).latency_ms for _ in range(3))
+        chain = min(timer(block, 12).latency_ms for _ in range(3))
         assert 0 < alone < chain, (name, alone, chain)
+
+
+def test_onnxruntime_keeps_small_op_exports_for_later_sweeps_within_its_budget(tiny_specs, monkeypatch):
+    """An op's export is made once and reused by its later timings, alone or chained in context, when it is at
+    most `KEPT_EXPORT_BYTES` and the kept exports stay within `KEPT_EXPORTS_BYTES`; a larger one is exported
+    again each time."""
+    spec = tiny_specs[0]
+    ops = {op.key: op for op, _ in op_counts(spec, IMG)}
+    block = next(op for op in ops.values() if op.op_type in BLOCK_TYPES and op.in_h <= 4)
+    sizes = {key: len(export_onnx(op_module(op), op.in_shape)) for key, op in ops.items()}
+    small, large = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    exports = []
+
+    def counted(module, in_shape, dtype="float32"):
+        exports.append(in_shape)
+        return export_onnx(module, in_shape, dtype)
+
+    def exports_by(time_once, times=1):
+        exports.clear()
+        for _ in range(times):
+            assert time_once().latency_ms > 0
+        return len(exports)
+
+    monkeypatch.setattr(ort_backend, "export_onnx", counted)
+    monkeypatch.setattr(ort_backend, "KEPT_EXPORT_BYTES", (sizes[small] + sizes[large]) // 2)
+    backend = get_backend("onnxruntime", threads=1, protocol=Protocol.quick())
+    assert [exports_by(lambda key=key: backend.time_op(ops[key])) for key in (small, large, small, large)] == \
+        [1, 1, 0, 1]
+    monkeypatch.setattr(ort_backend, "KEPT_EXPORT_BYTES", sizes[block.key])
+    context = context_for(spec, block, IMG)
+    timer = get_backend("onnxruntime", threads=1, protocol=Protocol.quick()).chain_timer(
+        *context.parts(), context.in_shape, context.mid_shape)
+    assert exports_by(lambda: timer(block, 3), times=3) == 1
+    monkeypatch.setattr(ort_backend, "KEPT_EXPORTS_BYTES", 0)
+    full = get_backend("onnxruntime", threads=1, protocol=Protocol.quick())
+    assert exports_by(lambda: full.time_op(ops[small]), times=2) == 2
 
 
 def test_cold_weights_default_by_backend_and_onnxruntime_refuses_them_in_one_line(tmp_path, capsys):

@@ -17,7 +17,9 @@ from torch import nn
 from ...errors import FastVitNasError
 from ..allocator import apply_allocator
 from ..device import fingerprint, require_cuda
-from ..measure import Protocol, Timing
+from ..measure import Protocol, Timing, weight_copies
+from ..modules import op_module
+from ..ops import Op
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
           "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -73,6 +75,12 @@ class Backend(ABC):
         timed call runs that many copies and the latency is one copy's share (`Protocol.op_replicas`).
         """
 
+    def time_op(self, op: Op) -> Timing:
+        """One op's latency as a LUT records it: its module through the protocol's weight copies and replicas.
+        A build times each op in several sweeps, so a backend that exports modules may keep an op's export."""
+        module = op_module(op)
+        return self.time_module(module, op.in_shape, weight_copies(module, self.protocol), self.protocol.op_replicas)
+
     def settled(self, timing: Timing) -> bool:
         """Whether `timing` was taken at the host's calm speed; a plain backend has no other speed to know of."""
         return True
@@ -86,13 +94,14 @@ class Backend(ABC):
         return timing
 
     def chain_timer(self, before: nn.Module, after: nn.Module, in_shape: tuple[int, ...],
-                    mid_shape: tuple[int, ...]) -> Callable[[nn.Module | None, int], Timing]:
-        """A timer of one network: `before` (on `in_shape`), then `copies` copies of a block, each with its own
+                    mid_shape: tuple[int, ...]) -> Callable[[Op | None, int], Timing]:
+        """A timer of one network: `before` (on `in_shape`), then `copies` copies of a block op, each with its own
         weights, on `mid_shape`, then `after`: how blocks are timed inside a network (`in_context.py`). The
         timer is called for many blocks, so a backend that exports modules exports `before` and `after` once."""
 
-        def time_chain(block: nn.Module | None, copies: int) -> Timing:
-            middle = [copy.deepcopy(block) for _ in range(copies)]
+        def time_chain(block: Op | None, copies: int) -> Timing:
+            module = op_module(block) if copies else None
+            middle = [copy.deepcopy(module) for _ in range(copies)]
             return self.time_module(nn.Sequential(before, *middle, after), in_shape)
 
         return time_chain

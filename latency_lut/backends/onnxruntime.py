@@ -28,6 +28,8 @@ from torch import nn
 
 from ...errors import FastVitNasError
 from ..measure import Timing, measure, wall_clock
+from ..modules import op_module
+from ..ops import Op
 from .base import Backend
 
 OPSET = 17
@@ -202,6 +204,15 @@ def time_session(sess: ort.InferenceSession, protocol, dtype: str = "float32", r
     return measure(wall_clock(lambda: sess.run(None, feed)), protocol, replicas)
 
 
+KEPT_EXPORT_BYTES = 2_000_000
+"""Exports of ops up to this size are kept for the op's later sweeps. Building and exporting an op's module took
+39 % of the time it takes to time it (session set-up 34 %, the timing 23 %; `benchmarks/lut_build_cost.py`, 60
+random ops of the default space at 128 px), most of it TorchScript tracing, a cost per op rather than per byte;
+three quarters of the default space's ops export to at most 2 MB."""
+KEPT_EXPORTS_BYTES = 1_000_000_000
+"""At most this much of kept exports per backend: the default space's ops up to `KEPT_EXPORT_BYTES` hold about
+0.8 GB, while all of its ops together hold 6 GB of weights."""
+
 WARM_ONLY = "--backend onnxruntime times ops with warm weights only (cold_weights_mb 0, one copy)"
 
 
@@ -227,6 +238,8 @@ class OnnxRuntime(Backend):
         if self.dtype == "bfloat16" or (self.dtype == "float16" and self.device == "cpu"):
             raise FastVitNasError(f"--backend onnxruntime: dtype {self.dtype} is not supported on {self.device} "
                                   "(use fp32, or fp16 on cuda)")
+        self._exports: dict[str, bytes] = {}
+        self._kept_bytes = 0
 
     def version(self) -> str:
         return ort.__version__
@@ -239,15 +252,32 @@ class OnnxRuntime(Backend):
         sess = session(replicated(export_onnx(module, in_shape, self.dtype), replicas), self.device, self.threads)
         return time_session(sess, self.protocol, self.dtype, replicas)
 
+    def time_op(self, op: Op) -> Timing:
+        replicas = self.protocol.op_replicas
+        sess = session(replicated(self._op_model(op), replicas), self.device, self.threads)
+        return time_session(sess, self.protocol, self.dtype, replicas)
+
+    def _op_model(self, op: Op) -> bytes:
+        """The op's export, kept for its later sweeps when small (`KEPT_EXPORT_BYTES`, `KEPT_EXPORTS_BYTES`).
+        Its weights are then the same random values in every sweep, which a timing does not depend on."""
+        model = self._exports.get(op.key)
+        if model is None:
+            model = export_onnx(op_module(op), op.in_shape, self.dtype)
+            if len(model) <= KEPT_EXPORT_BYTES and self._kept_bytes + len(model) <= KEPT_EXPORTS_BYTES:
+                self._exports[op.key] = model
+                self._kept_bytes += len(model)
+        return model
+
     def chain_timer(self, before: nn.Module, after: nn.Module, in_shape: tuple[int, ...],
-                    mid_shape: tuple[int, ...]) -> Callable[[nn.Module | None, int], Timing]:
-        """Exports `before`, `after` and each block once and chains the copies at the ONNX level (`chained`):
-        exporting a whole light network with twelve blocks took 0.15-0.3 s, most of the time it took to time it."""
+                    mid_shape: tuple[int, ...]) -> Callable[[Op | None, int], Timing]:
+        """Exports `before` and `after` once, each block once (kept like an op's, `_op_model`), and chains the
+        copies at the ONNX level (`chained`): exporting a whole light network with twelve blocks took 0.15-0.3 s,
+        most of the time it took to time it."""
         ends = export_onnx(before, in_shape, self.dtype), export_onnx(after, mid_shape, self.dtype)
         bare = chained(ends)
 
-        def time_chain(block: nn.Module | None, copies: int) -> Timing:
-            middle = [export_onnx(block, mid_shape, self.dtype)] * copies if copies else []
+        def time_chain(block: Op | None, copies: int) -> Timing:
+            middle = [self._op_model(block)] * copies if copies else []
             model = chained([ends[0], *middle, ends[1]]) if middle else bare
             return time_session(session(model, self.device, self.threads), self.protocol, self.dtype)
 
