@@ -177,6 +177,8 @@ def _lut_validate(args: argparse.Namespace) -> None:
     report = validate(lut, held_out_specs(lut, space, args.n, args.seed), plot=plot, progress=True,
                       remeasure=args.remeasure, recalibrate_first=args.recalibrate)
     print(json.dumps(report.summary(), indent=2))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _lut_calibrate(args: argparse.Namespace) -> None:

@@ -60,6 +60,7 @@ from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, w
 from fastvit_nas.latency_lut.modules import op_module
 from fastvit_nas.latency_lut.ops import probe_spec, stage_ops
 from fastvit_nas.latency_lut.speed import SpeedNormalised
+from fastvit_nas.latency_lut.validate import REPEAT_WARN, ValidationReport
 
 IMG = 64
 
@@ -835,6 +836,24 @@ def test_validate_cli_reports_figures_plot_and_repeatability(real_lut, capsys):
     assert meta.validation["n"] == 4 and meta.validation["repeatability"] == report["repeatability"]
     assert main(["lut", "show", str(real_lut)]) == 0
     assert "repeatability" in capsys.readouterr().out
+
+
+def test_validate_warns_in_one_line_when_the_networks_do_not_repeat_themselves(tmp_path, monkeypatch, capsys):
+    """Below `REPEAT_WARN` % of networks repeating within ±10 %, the figures are the host's noise: `lut validate`
+    says so on stderr; at or above it, and without a second measurement, it says nothing."""
+    def report(repeat: float | None) -> ValidationReport:
+        figures = {"mape": 3.0, "within_5": 70.0, "within_10": 90.0, "spearman": 0.99, "kendall": 0.9}
+        return ValidationReport(n=50, ops_filled=0, seconds=1.0, plot=None, arch_ids=[], predicted_ms=[],
+                                measured_ms=[], repeatability=None if repeat is None else {**figures,
+                                                                                          "within_10": repeat},
+                                **figures)
+
+    assert report(REPEAT_WARN).warnings == [] and report(None).warnings == []
+    monkeypatch.setattr("fastvit_nas.latency_lut.held_out_specs", lambda lut, space, n, seed: [])
+    monkeypatch.setattr("fastvit_nas.latency_lut.validate", lambda *args, **kwargs: report(64.0))
+    assert main(["lut", "validate", "--lut", str(tmp_path / "l.parquet"), "--space", "tiny", "--remeasure"]) == 0
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("warning: ") and "for 64 % of them" in warning and "\n" not in warning
 
 
 def _as_steady(table: LatencyTable, truth: LatencyTable) -> pd.DataFrame:
