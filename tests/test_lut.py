@@ -216,7 +216,7 @@ def test_export_ops_onnxruntime_stand_in_import_matches_direct_lut(tmp_path, tin
 def test_export_ops_in_context_round_trip(tmp_path, tiny_specs, capsys):
     """Small blocks go out as their context with `copies` blocks chained inside, each context also alone; the
     import takes a block's share of the difference, and its table never mixes with one of blocks timed alone."""
-    specs, copies = tiny_specs[:3], 3
+    specs, copies = tiny_specs[:3], 6
     manifest = export_ops(tmp_path / "e", specs, IMG, 1, calibration=specs[:1], op_replicas=2, context_max_side=4,
                           context_copies=copies)
     entries = {e["key"]: e for e in json.loads(manifest.read_text())["entries"]}
@@ -236,7 +236,7 @@ def test_export_ops_in_context_round_trip(tmp_path, tiny_specs, capsys):
 
     assert weighted(one) and weighted(chain) == weighted(alone) + copies * weighted(one)
     sess = {k: session(str(tmp_path / "e" / e["file"]), "cpu", 1) for k, e in entries.items()}
-    times = {k: time_session(s, Protocol.quick()).latency_ms for k, s in sess.items()}
+    times = {k: min(time_session(s, Protocol.quick()).latency_ms for _ in range(5)) for k, s in sess.items()}
     assert times[block["key"]] > times[block["context"]]
     pd.DataFrame({"key": list(times), "latency_ms": list(times.values())}).to_csv(tmp_path / "r.csv", index=False)
     out = tmp_path / "phone.parquet"
