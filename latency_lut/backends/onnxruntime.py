@@ -206,12 +206,12 @@ def time_session(sess: ort.InferenceSession, protocol, dtype: str = "float32", r
 
 KEPT_EXPORT_BYTES = 2_000_000
 """Exports of ops up to this size are kept for the op's later sweeps. Building and exporting an op's module took
-39 % of the time it takes to time it (session set-up 34 %, the timing 23 %; `benchmarks/lut_build_cost.py`, 60
+40 % of the time it takes to time it (session set-up 30 %, the timing 25 %; `benchmarks/lut_build_cost.py`, 60
 random ops of the default space at 128 px), most of it TorchScript tracing, a cost per op rather than per byte;
-three quarters of the default space's ops export to at most 2 MB."""
+1,791 of the default space's 2,337 ops at 128 px export to at most 2 MB."""
 KEPT_EXPORTS_BYTES = 1_000_000_000
-"""At most this much of kept exports per backend: the default space's ops up to `KEPT_EXPORT_BYTES` hold about
-0.8 GB, while all of its ops together hold 6 GB of weights."""
+"""At most this much of kept exports per backend: the default space's ops up to `KEPT_EXPORT_BYTES` hold 0.84 GB
+at 128 px, all of its ops 4.35 GB. Kept, a timing took 0.69 of one exporting afresh (median per op)."""
 
 WARM_ONLY = "--backend onnxruntime times ops with warm weights only (cold_weights_mb 0, one copy)"
 
