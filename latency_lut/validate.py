@@ -37,8 +37,8 @@ from .table import LatencyTable, LutError, LutMeta
 
 REPEAT_WARN = 90.0
 """The share (%) of held-out networks repeating within ±10 % of their first measurement below which a validation
-warns that the host's noise, not the table, sets its figures. Of the 70 fidelity runs stored under
-`benchmarks/results/`, the 21 below it scored 42-94 % within ±10 % (median 70 %), the 49 at or above it 46-100 %
+warns that the host's noise, not the table, sets its figures. Of the 71 fidelity runs stored under
+`benchmarks/results/`, the 22 below it scored 42-94 % within ±10 % (median 71 %), the 49 at or above it 46-100 %
 (median 92 %, 14 of them 98 % or more)."""
 
 
