@@ -249,12 +249,14 @@ class OnnxRuntime(Backend):
         """Ops are timed with warm weights (`copies` 1, `__init__`)."""
         if copies != 1:
             raise FastVitNasError(f"copies: {WARM_ONLY}, got {copies}")
-        sess = session(replicated(export_onnx(module, in_shape, self.dtype), replicas), self.device, self.threads)
-        return time_session(sess, self.protocol, self.dtype, replicas)
+        return self._time_replicated(export_onnx(module, in_shape, self.dtype), replicas)
 
     def time_op(self, op: Op) -> Timing:
-        replicas = self.protocol.op_replicas
-        sess = session(replicated(self._op_model(op), replicas), self.device, self.threads)
+        return self._time_replicated(self._op_model(op), self.protocol.op_replicas)
+
+    def _time_replicated(self, model: bytes, replicas: int) -> Timing:
+        """`model` timed `replicas` side by side in a session of its own, per copy."""
+        sess = session(replicated(model, replicas), self.device, self.threads)
         return time_session(sess, self.protocol, self.dtype, replicas)
 
     def _op_model(self, op: Op) -> bytes:
