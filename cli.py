@@ -207,11 +207,12 @@ def _lut_predict(args: argparse.Namespace) -> None:
 
 def _lut_export_ops(args: argparse.Namespace) -> None:
     from .latency_lut import export_ops
-    from .latency_lut.build import CALIBRATION_SEED, space_specs
+    from .latency_lut.build import space_specs
+    from .latency_lut.design import calibration_specs
 
     space = _lut_space(args)
     specs = _lut_specs(args) + (space_specs(space, args.img_size, args.batch, args.seed) if space else [])
-    calib = space.sample(args.calib, CALIBRATION_SEED) if space else []
+    calib = calibration_specs(space, args.calib, args.img_size) if space else []
     print(export_ops(Path(args.out), specs, args.img_size, args.batch, calib, args.op_replicas, args.format,
                      args.coreml_precision, progress=True, context_max_side=args.context_max_side))
 
@@ -239,7 +240,8 @@ def _add_lut_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", action="append", help="preset name or spec.json (repeatable)")
     parser.add_argument("--img-size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--calib", type=int, default=10, help="networks measured end-to-end for calibration")
+    parser.add_argument("--calib", type=int, default=10,
+                        help="networks measured end-to-end for calibration (of a space: picked by FLOPs spread)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the space walk that enumerates ops")
 
 

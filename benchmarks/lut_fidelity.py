@@ -1,14 +1,14 @@
 """LUT fidelity on this machine: held-out specs of the default space, predicted vs measured end-to-end.
 
 For each backend and input size: build a LUT (the full default space with `--full-space`, else only the ops the
-held-out and calibration networks need), calibrate on `--calib` networks, measure `--n` held-out networks
-end-to-end with the same protocol, and report the share within ±10 % / ±5 %, MAPE, Spearman and Kendall, plus
-the build time and unique-op count. The machine is shared, so the load average is recorded before and after each
-configuration, and the held-out networks are measured twice (the machine's own repeatability, the ceiling of any
-table). With `--recalibrate`, the calibration networks are re-timed in the same sweeps as the held-out ones and
-the build-time calibration's figures are kept beside (`as_built`): the share of the error that is the host's
-drift since the build. Writes benchmarks/results/lut_fidelity.json (LUTs and scatter PNGs in the folder of the
-same name).
+held-out and calibration networks need), calibrate on `--calib` networks (picked by FLOPs spread,
+`latency_lut/design.py`), measure `--n` held-out networks end-to-end with the same protocol, and report the share
+within ±10 % / ±5 %, MAPE, Spearman and Kendall, plus the build time and unique-op count. The machine is shared,
+so the load average is recorded before and after each configuration, and the held-out networks are measured twice
+(the machine's own repeatability, the ceiling of any table). With `--recalibrate`, the calibration networks are
+re-timed in the same sweeps as the held-out ones and the build-time calibration's figures are kept beside
+(`as_built`): the share of the error that is the host's drift since the build. Writes
+benchmarks/results/lut_fidelity.json (LUTs and scatter PNGs in the folder of the same name).
 
     .venv/bin/python benchmarks/lut_fidelity.py                      # full run
     .venv/bin/python benchmarks/lut_fidelity.py --n 10 --img-sizes 128 --backends torch --calib 6   # quick
@@ -41,7 +41,8 @@ from fastvit_nas.latency_lut import (
     unique_ops,
     validate,
 )
-from fastvit_nas.latency_lut.build import CALIBRATION_SEED, new_meta, refit
+from fastvit_nas.latency_lut.build import new_meta, refit
+from fastvit_nas.latency_lut.design import calibration_specs
 from fastvit_nas.latency_lut.ops import stage_ops
 from fastvit_nas.latency_lut.table import speed_summary
 from fastvit_nas.latency_lut.validate import ValidationReport, figures
@@ -102,7 +103,7 @@ def slowdown_trace(lut: Path) -> dict:
 def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, out_dir: Path) -> dict:
     space = resolve_space(args.space)
     held_out = space.sample(args.n, args.seed)
-    calibration = space.sample(args.calib, CALIBRATION_SEED)
+    calibration = calibration_specs(space, args.calib, img)
     backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=Protocol(estimator=args.estimator, passes=args.passes,
                                             network_passes=args.network_passes, extra_passes=args.extra_passes,

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..fastvit.model import build_model
 from ..fastvit.spec import ArchSpec
 from .backends import Backend
+from .design import calibration_specs
 from .in_context import Context, InContext, block_contexts, block_timing
 from .measure import T, Timing, best_of_passes, calm_first
 from .ops import Op, unique_ops
@@ -31,7 +32,6 @@ from .speed import speed_normalised
 from .table import LatencyTable, LutError, LutMeta
 from .trend import above_trend
 
-CALIBRATION_SEED = 1_000_003
 """Seed of the calibration sample; validation excludes these specs, so its figures are held-out."""
 
 
@@ -313,7 +313,7 @@ def build_lut(out: Path, backend: Backend, *, specs: list[ArchSpec] | None = Non
     Only ops missing from an existing LUT are measured; an existing LUT of another device, setting or library
     version is refused. Every timing is divided by the host's slowdown against the LUT's speed reference
     (`speed.py`) when the protocol has one. Calibration networks: `calibration` if given, else `calibration_n`
-    specs sampled from the space with a fixed seed, else the first `calibration_n` of `specs`.
+    networks of the space chosen to pin the fit down (`design.py`), else the first `calibration_n` of `specs`.
     """
     start = time.monotonic()
     out = Path(out)
@@ -323,7 +323,7 @@ def build_lut(out: Path, backend: Backend, *, specs: list[ArchSpec] | None = Non
     if space is not None:
         wanted += space_specs(space, img_size, batch, seed)
     if calibration is None:
-        calibration = (space.sample(calibration_n, CALIBRATION_SEED) if space is not None
+        calibration = (calibration_specs(space, calibration_n, img_size) if space is not None
                        else list({s.arch_id: s for s in wanted}.values())[:calibration_n])
     points = (table.meta.calibration or {}).get("points", [])
     have = {p["arch_id"] for p in points}

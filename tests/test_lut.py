@@ -55,6 +55,7 @@ from fastvit_nas.latency_lut import speed as speed_module
 from fastvit_nas.latency_lut.backends import onnxruntime as ort_backend
 from fastvit_nas.latency_lut.backends.onnxruntime import chained, export_onnx, replicated, session, time_session
 from fastvit_nas.latency_lut.build import CALIBRATION_LOO_WARN, _interleave, new_meta
+from fastvit_nas.latency_lut.design import calibration_specs
 from fastvit_nas.latency_lut.in_context import BLOCK_TYPES, block_contexts, block_timing, context_for
 from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, weight_copies
 from fastvit_nas.latency_lut.modules import op_module
@@ -174,6 +175,14 @@ def test_space_build_covers_held_out_specs(tmp_path):
     enumerated = list(resolve_space("tiny").space.enumerate())
     assert report.unique_ops == len(unique_ops(enumerated, IMG))
     Predictor(LatencyTable.load(path)).predict_many(enumerated)
+
+
+def test_a_space_build_calibrates_on_the_designed_networks(tmp_path):
+    space = resolve_space("tiny")
+    path = tmp_path / "l.parquet"
+    build_lut(path, FakeBackend(), space=space, img_size=IMG, calibration_n=4)
+    points = LatencyTable.load(path).meta.calibration["points"]
+    assert [p["arch_id"] for p in points] == [s.arch_id for s in calibration_specs(space, 4, IMG)]
 
 
 # ---- the external round trip -------------------------------------------------------------------------------
