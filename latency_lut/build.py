@@ -32,8 +32,6 @@ from .speed import speed_normalised
 from .table import LatencyTable, LutError, LutMeta
 from .trend import above_trend
 
-"""Seed of the calibration sample; validation excludes these specs, so its figures are held-out."""
-
 
 @dataclass(frozen=True)
 class Measured:
