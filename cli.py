@@ -151,6 +151,12 @@ def _lut_space(args: argparse.Namespace):
     return resolve_space(args.space) if args.space or not args.spec else None
 
 
+def _calibration_n(args: argparse.Namespace) -> int:
+    from .latency_lut.design import CALIBRATION_NETWORKS
+
+    return CALIBRATION_NETWORKS if args.calib is None else args.calib
+
+
 def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
@@ -161,7 +167,7 @@ def _lut_build(args: argparse.Namespace) -> None:
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=protocol)
     report = build_lut(Path(args.out), backend, specs=_lut_specs(args), space=_lut_space(args),
-                       img_size=args.img_size, batch=args.batch, calibration_n=args.calib, seed=args.seed,
+                       img_size=args.img_size, batch=args.batch, calibration_n=_calibration_n(args), seed=args.seed,
                        progress=True)
     print(json.dumps(dataclasses.asdict(report), indent=2))
     for warning in report.warnings:
@@ -212,7 +218,7 @@ def _lut_export_ops(args: argparse.Namespace) -> None:
 
     space = _lut_space(args)
     specs = _lut_specs(args) + (space_specs(space, args.img_size, args.batch, args.seed) if space else [])
-    calib = calibration_specs(space, args.calib, args.img_size) if space else []
+    calib = calibration_specs(space, _calibration_n(args), args.img_size) if space else []
     print(export_ops(Path(args.out), specs, args.img_size, args.batch, calib, args.op_replicas, args.format,
                      args.coreml_precision, progress=True, context_max_side=args.context_max_side))
 
@@ -240,8 +246,9 @@ def _add_lut_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", action="append", help="preset name or spec.json (repeatable)")
     parser.add_argument("--img-size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--calib", type=int, default=10,
-                        help="networks measured end-to-end for calibration (of a space: picked by FLOPs spread)")
+    parser.add_argument("--calib", type=int,
+                        help="networks measured end-to-end for calibration (of a space: picked by FLOPs spread; "
+                             "default: latency_lut.design.CALIBRATION_NETWORKS, 24)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the space walk that enumerates ops")
 
 

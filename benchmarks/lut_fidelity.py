@@ -42,7 +42,7 @@ from fastvit_nas.latency_lut import (
     validate,
 )
 from fastvit_nas.latency_lut.build import new_meta, refit
-from fastvit_nas.latency_lut.design import calibration_specs
+from fastvit_nas.latency_lut.design import CALIBRATION_NETWORKS, calibration_specs
 from fastvit_nas.latency_lut.ops import stage_ops
 from fastvit_nas.latency_lut.table import speed_summary
 from fastvit_nas.latency_lut.validate import ValidationReport, figures
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
     parser.add_argument("--batches", type=int, nargs="+", default=[1])
-    parser.add_argument("--calib", type=int, default=12, help="calibration networks")
+    parser.add_argument("--calib", type=int, default=CALIBRATION_NETWORKS, help="calibration networks")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--space", default="default")
     parser.add_argument("--estimator", default="median", choices=("median", "min"))

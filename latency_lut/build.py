@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..fastvit.model import build_model
 from ..fastvit.spec import ArchSpec
 from .backends import Backend
-from .design import calibration_specs
+from .design import CALIBRATION_NETWORKS, calibration_specs
 from .in_context import Context, InContext, block_contexts, block_timing
 from .measure import T, Timing, best_of_passes, calm_first
 from .ops import Op, unique_ops
@@ -305,7 +305,7 @@ def refit(table: LatencyTable, points: list[dict]) -> None:
 
 def build_lut(out: Path, backend: Backend, *, specs: list[ArchSpec] | None = None, space: SpaceSource | None = None,
               calibration: list[ArchSpec] | None = None, img_size: int = 256, batch: int = 1,
-              calibration_n: int = 10, seed: int = 0, progress: bool = False) -> BuildReport:
+              calibration_n: int = CALIBRATION_NETWORKS, seed: int = 0, progress: bool = False) -> BuildReport:
     """Create or extend the LUT at `out` with every op of `specs` and of `space`, then calibrate.
 
     Only ops missing from an existing LUT are measured; an existing LUT of another device, setting or library
