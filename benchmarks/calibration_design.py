@@ -4,7 +4,8 @@ A table's calibration is fitted on a dozen networks timed end to end (`latency_l
 choice on runs whose LUT is still on disk: a run's held-out and calibration networks, all measured, are split at
 random into a pool and a test half; from the pool, `--n` networks are picked at random or by
 `design.widest_spread` on their FLOPs, the calibration is refitted on them (`fit_calibration`, model selection
-included) and scored on the test half. Averaged over `--splits` splits per run, both pickings on the same splits.
+included, or one model alone with `--model`) and scored on the test half. Averaged over `--splits` splits per run,
+both pickings on the same splits.
 
     .venv/bin/python benchmarks/calibration_design.py benchmarks/results/lut_fidelity_ctx8_onnxruntime_128.json ...
 """
@@ -22,13 +23,14 @@ from lut_in_network import load_run
 from fastvit_nas.fastvit.spec import ArchSpec
 from fastvit_nas.latency_lut import Predictor, fit_calibration
 from fastvit_nas.latency_lut.design import widest_spread
+from fastvit_nas.latency_lut.predict import MODELS
 from fastvit_nas.latency_lut.validate import figures
 from fastvit_nas.space.size import network_size
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def replay(path: str, n: int, splits: int, seed: int) -> dict:
+def replay(path: str, n: int, splits: int, seed: int, models: tuple[str, ...] = MODELS) -> dict:
     """Mean figures of both pickings over `splits` random pool/test splits of one run's measured networks."""
     run = load_run(path, 0)
     points = run.table.meta.calibration["points"]
@@ -43,7 +45,7 @@ def replay(path: str, n: int, splits: int, seed: int) -> dict:
         pool, test = order[:len(specs) // 2], order[len(specs) // 2:]
         picks = {"random": rng.choice(pool, n, replace=False), "spread": pool[widest_spread(flops[pool], n)]}
         for name, chosen in picks.items():
-            fit = fit_calibration(sums[chosen], calls[chosen], measured[chosen])
+            fit = fit_calibration(sums[chosen], calls[chosen], measured[chosen], models)
             scores[name].append(figures(fit.apply(sums[test], calls[test]), measured[test]))
     return {"run": path, "networks": len(specs), "flops_latency_corr": float(np.corrcoef(flops, measured)[0, 1]),
             **{name: {k: float(np.mean([s[k] for s in runs])) for k in runs[0]} for name, runs in scores.items()}}
@@ -54,13 +56,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="results JSONs of benchmarks/lut_fidelity.py whose LUT is on disk")
     parser.add_argument("--n", type=int, default=12, help="calibration networks picked from each pool")
     parser.add_argument("--splits", type=int, default=100)
+    parser.add_argument("--model", choices=("select", *MODELS), default="select",
+                        help="calibration model: chosen by leave-one-out among all (select), or this one alone")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "calibration_design.json"))
     args = parser.parse_args()
     rows = []
     print(f"{'run':<52} {'random ±10 / MAPE':>18} {'spread ±10 / MAPE':>18}")
     for path in args.runs:
-        row = replay(path, args.n, args.splits, args.seed)
+        row = replay(path, args.n, args.splits, args.seed, MODELS if args.model == "select" else (args.model,))
         rows.append(row)
         print(f"{Path(path).stem:<52} {row['random']['within_10']:9.1f} / {row['random']['mape']:5.2f} "
               f"{row['spread']['within_10']:9.1f} / {row['spread']['mape']:5.2f}")

@@ -29,10 +29,10 @@ from .spaces import SpaceSource
 CALIBRATION_NETWORKS = 24
 """Calibration networks a build times by default. Replayed on the same fourteen tables as above (pool of 31, 100
 splits), 24 networks by FLOPs spread scored 85.7 % within ±10 % (MAPE 5.68 %) against 83.9 % (5.98 %) for 12, up on
-all fourteen tables (`benchmarks/results/calibration_design_24.json`); at 128 px the twelve more networks cost about
-half a minute of a build. Richer calibration models did not close that gap on 12: fitted on the same picks, one
-scale per op group or a cost per block call scored 85.2 % and 83.4 % against 87.8 % for the single scale (eleven of
-the tables, 30 splits)."""
+all fourteen tables (`benchmarks/results/calibration_design_24.json`), for twelve more networks timed end to end in a
+build. Richer calibration models did not close that gap on 12: fitted alone on the same picks, one
+scale per op group or a cost per block call scored 81.6 % and 80.9 %, the single scale 84.6 % and the model
+selection 83.9 % (`benchmarks/calibration_design.py --model`)."""
 
 CALIBRATION_SEED = 1_000_003
 """The seed of the calibration networks' candidates: fixed, so that LUTs of one space share their calibration

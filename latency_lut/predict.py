@@ -58,6 +58,9 @@ RICHER_MODEL_GAIN = 0.2
 the stored tables, plain "lower wins" let two torch tables pick the per-call model on a 2-20 % edge and lose 4-8
 points within ±10 % on held-out networks; at 20 % no torch table moved and the ONNX Runtime gains stayed."""
 
+MODELS = ("global", "per_group", "per_call")
+"""The calibration models, from the fewest parameters up."""
+
 MIN_CALIBRATION_POINTS = 3
 SCALE_BOUNDS = (0.5, 3.0)
 """A scale outside this range means the end-to-end points are noise, not a cache or overhead effect; bounding
@@ -130,22 +133,27 @@ def _mape(pred: np.ndarray, measured: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - measured) / measured) * 100)
 
 
-def fit_calibration(sums: np.ndarray, calls: np.ndarray, measured: np.ndarray) -> Calibration:
+def fit_calibration(sums: np.ndarray, calls: np.ndarray, measured: np.ndarray,
+                    models: tuple[str, ...] = MODELS) -> Calibration:
     """Fit the calibration models the points can support, from the fewest parameters up, and keep the simplest
     one that no richer model beats by `RICHER_MODEL_GAIN` in leave-one-out MAPE.
 
-    `sums` are the per-type latency sums of each network and `calls` its per-type op counts.
+    `sums` are the per-type latency sums of each network and `calls` its per-type op counts. `models` narrows
+    the choice (one name: that model alone), so a replay can score each model against the selection.
     """
     measured = np.asarray(measured, dtype=float)
     if len(measured) < MIN_CALIBRATION_POINTS:
         raise LutError(f"calibration needs at least {MIN_CALIBRATION_POINTS} end-to-end measurements, "
                        f"got {len(measured)}")
+    if not models or set(models) - set(MODELS):
+        raise LutError(f"calibration models must be among {', '.join(MODELS)}, got {', '.join(models) or 'none'}")
     present = [name for name, g in GROUPS.items() if calls[:, [OP_TYPES.index(t) for t in g]].sum() > 0]
     candidates = {"global": _Model([tuple(OP_TYPES)], []),
                   "per_group": _Model([GROUPS[name] for name in present], []),
                   "per_call": _Model([tuple(OP_TYPES)], [GROUPS[name] for name in present if name in BLOCK_GROUPS])}
     best: Calibration | None = None
-    for name, model in candidates.items():
+    for name in (m for m in MODELS if m in models):
+        model = candidates[name]
         if name != "global" and len(measured) < 2 * model.parameters:
             continue
         loo = []
@@ -158,6 +166,9 @@ def fit_calibration(sums: np.ndarray, calls: np.ndarray, measured: np.ndarray) -
                       loo_mape=float(np.mean(loo)), points=len(measured))
         if best is None or cal.loo_mape < best.loo_mape * (1 - RICHER_MODEL_GAIN):
             best = cal
+    if best is None:
+        raise LutError(f"calibration: {len(measured)} networks are too few to fit the {' or '.join(models)} model "
+                       "(two per parameter)")
     return best
 
 

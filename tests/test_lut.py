@@ -417,6 +417,23 @@ def test_calibration_keeps_one_scale_when_the_points_are_only_noisy():
         assert fit.model == "global" and not any(fit.call_ms), seed
 
 
+def test_calibration_can_be_narrowed_to_one_model():
+    """A replay scores each model alone: asked for the single scale, points that carry a per-call cost get the
+    single scale and a worse fit; asked for a model the points cannot support, or for no known model, one clear
+    error."""
+    att = OP_TYPES.index("attention_block")
+    sums, calls = _networks(12, seed=0)
+    measured = 0.2 + 1.15 * sums.sum(axis=1) + 0.3 * calls[:, att]
+    chosen = fit_calibration(sums, calls, measured)
+    alone = fit_calibration(sums, calls, measured, models=("global",))
+    assert (chosen.model, alone.model) == ("per_call", "global")
+    assert not any(alone.call_ms) and alone.loo_mape > chosen.loo_mape
+    with pytest.raises(LutError, match="too few to fit the per_call model"):
+        fit_calibration(sums[:6], calls[:6], measured[:6], models=("per_call",))
+    with pytest.raises(LutError, match="must be among global, per_group, per_call, got affine"):
+        fit_calibration(sums, calls, measured, models=("affine",))
+
+
 # ---- real measurements and prediction ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_lut(tmp_path_factory, tiny_specs) -> Path:
