@@ -248,7 +248,7 @@ def _add_lut_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--calib", type=int,
                         help="networks measured end-to-end for calibration (of a space: picked by FLOPs spread; "
-                             "default: latency_lut.design.CALIBRATION_NETWORKS, 24)")
+                             "default: latency_lut.design.CALIBRATION_NETWORKS)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the space walk that enumerates ops")
 
 
