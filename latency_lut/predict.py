@@ -152,9 +152,8 @@ def fit_calibration(sums: np.ndarray, calls: np.ndarray, measured: np.ndarray,
                   "per_group": _Model([GROUPS[name] for name in present], []),
                   "per_call": _Model([tuple(OP_TYPES)], [GROUPS[name] for name in present if name in BLOCK_GROUPS])}
     best: Calibration | None = None
-    for name in (m for m in MODELS if m in models):
-        model = candidates[name]
-        if name != "global" and len(measured) < 2 * model.parameters:
+    for name, model in candidates.items():
+        if name not in models or (name != "global" and len(measured) < 2 * model.parameters):
             continue
         loo = []
         for i in range(len(measured)):
