@@ -39,7 +39,8 @@ from fastvit_nas.space.size import network_size
 RESULTS = Path(__file__).parent / "results"
 MODELS = {"global": _Model([tuple(OP_TYPES)], []),
           "block_call": _Model([tuple(OP_TYPES)], [GROUPS["repmixer"] + GROUPS["attention"]])}
-"""The single scale, and the single scale plus one cost per block call of either kind."""
+"""The single scale, and the single scale plus one cost per block call of either kind; solved by the library's own
+calibration solver, so bounds and weighting are the calibration's and only the model differs."""
 
 
 def concentration(spec: ArchSpec, latencies: dict[str, float], img_size: int, batch: int) -> float:
@@ -52,6 +53,8 @@ def concentration(spec: ArchSpec, latencies: dict[str, float], img_size: int, ba
 
 
 def analyse(path: str, splits: int, seed: int) -> dict:
+    """One run's residual correlations, concentration and held-out halves; the residuals and concentrations
+    are kept so that `by_concentration` can pool them over runs."""
     run = load_run(path, 0)
     meta = run.table.meta
     predictor = Predictor(run.table)
