@@ -13,8 +13,8 @@ sweeps: measured twice over at 128 px with ONNX Runtime (50 networks, 2 threads,
 each agreed within ±10 % for 42 % and 70 % of them, four sweeps for 100 % and 100 % (MAPE 2.98 % and 1.84 %), for
 twice the time; a network is one long item, so a burst of interference spoils a larger share of its sweeps than
 of an op's. Eight sweeps did not beat four: two full 128 px torch builds and validations with eight on a noisy
-host scored 86 and 82 % within ±10 %, and four with the same seed right after the second 92 %
-(`benchmarks/results/lut_fidelity_np8{a,b}_torch_128.json`, `lut_fidelity_np4b_torch_128.json`).
+host scored 86 and 82 % within ±10 %, four with the same seed right after the second 92 % and with another seed
+74 % (`benchmarks/results/lut_fidelity_np8{a,b}_torch_128.json`, `lut_fidelity_np4{b,c}_torch_128.json`).
 `allocator` fixes the memory regime
 (`allocator.py`: freed memory is reused, never faulted in afresh on every call). `reference_s` is how often the
 host's speed is re-read from a fixed reference workload during a build or validation (`speed.py`; 0 turns it
