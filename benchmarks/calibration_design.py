@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 from lut_in_network import load_run
 
-from fastvit_nas.fastvit.spec import ArchSpec
 from fastvit_nas.latency_lut import Predictor, fit_calibration
 from fastvit_nas.latency_lut.design import widest_spread
 from fastvit_nas.latency_lut.predict import MODELS
@@ -33,9 +32,7 @@ RESULTS = Path(__file__).parent / "results"
 def replay(path: str, n: int, splits: int, seed: int, models: tuple[str, ...] = MODELS) -> dict:
     """Mean figures of both pickings over `splits` random pool/test splits of one run's measured networks."""
     run = load_run(path, 0)
-    points = run.table.meta.calibration["points"]
-    specs = [*run.held_out, *(ArchSpec.from_dict(p["spec"]) for p in points)]
-    measured = np.array([*run.per_spec["measured_ms"], *(p["measured_ms"] for p in points)])
+    specs, measured = run.measured_networks()
     sums, calls = Predictor(run.table).op_totals(specs)
     flops = np.array([network_size(spec, run.table.meta.img_size).flops for spec in specs], dtype=float)
     rng = np.random.default_rng(seed)

@@ -108,6 +108,13 @@ class FidelityRun:
     held_out: list[ArchSpec]
     per_spec: dict
 
+    def measured_networks(self) -> tuple[list[ArchSpec], np.ndarray]:
+        """Every network the run timed end to end, held-out then calibration, with its measured ms: the points a
+        replay refits and scores the calibration on."""
+        points = self.table.meta.calibration["points"]
+        specs = [*self.held_out, *(ArchSpec.from_dict(p["spec"]) for p in points)]
+        return specs, np.array([*self.per_spec["measured_ms"], *(p["measured_ms"] for p in points)])
+
 
 def load_run(path: str, config: int) -> FidelityRun:
     run = json.loads(Path(path).read_text())

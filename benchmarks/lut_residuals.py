@@ -60,7 +60,9 @@ def analyse(path: str, splits: int, seed: int) -> dict:
     predictor = Predictor(run.table)
     held = run.held_out
     residual = np.log(np.array(run.per_spec["measured_ms"]) / np.array(run.per_spec["predicted_ms"]))
-    sums, _ = predictor.op_totals(held)
+    specs, measured = run.measured_networks()
+    all_sums, all_calls = predictor.op_totals(specs)
+    sums = all_sums[:len(held)]
     sizes = [network_size(spec, meta.img_size) for spec in held]
     latencies = run.table.latencies()
     features = {"blocks": [sum(stage.depth for stage in spec.stages) for spec in held],
@@ -70,10 +72,6 @@ def analyse(path: str, splits: int, seed: int) -> dict:
     spread = np.abs(residual - np.median(residual))
     conc = np.array([concentration(spec, latencies, meta.img_size, meta.batch) for spec in held])
 
-    points = meta.calibration["points"]
-    specs = [*held, *(ArchSpec.from_dict(p["spec"]) for p in points)]
-    measured = np.array([*run.per_spec["measured_ms"], *(p["measured_ms"] for p in points)])
-    all_sums, all_calls = predictor.op_totals(specs)
     rng = np.random.default_rng(seed)
     scores: dict[str, list[dict]] = {name: [] for name in MODELS}
     for _ in range(splits):
