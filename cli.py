@@ -160,10 +160,10 @@ def _calibration_n(args: argparse.Namespace) -> int:
 def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
-    overrides = {k: v for k in ("reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas", "network_passes",
-                                "extra_passes", "context_max_side", "recheck_tol")
+    overrides = {k: v for k in ("estimator", "reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas",
+                                "network_passes", "extra_passes", "context_max_side", "recheck_tol")
                  if (v := getattr(args, k)) is not None}
-    protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(estimator=args.estimator), **overrides)
+    protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(), **overrides)
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=protocol)
     report = build_lut(Path(args.out), backend, specs=_lut_specs(args), space=_lut_space(args),
@@ -261,8 +261,8 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--device", default="cpu", help="cpu or cuda")
     build.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
     build.add_argument("--threads", type=int, default=2, help="intra-op threads (fixed and recorded)")
-    build.add_argument("--estimator", default="median", choices=("median", "min"),
-                       help="latency statistic (min suits a machine shared with other jobs)")
+    build.add_argument("--estimator", choices=("median", "min"),
+                       help="latency statistic (default min: it suits a machine shared with other jobs)")
     build.add_argument("--reference-s", type=float,
                        help="seconds between readings of the host-speed reference that every timing is divided "
                             "by (default 5; 0: none, e.g. on a device with fixed clocks)")

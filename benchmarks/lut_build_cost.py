@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--census", action="store_true", help="also export every op of the full default space")
     parser.add_argument("--out", type=Path, default=RESULTS / "lut_build_cost.json")
     args = parser.parse_args()
-    backend = get_backend("onnxruntime", threads=args.threads, protocol=Protocol(estimator="min", reference_s=0.0))
+    backend = get_backend("onnxruntime", threads=args.threads, protocol=Protocol(reference_s=0.0))
     pool = list(unique_ops(resolve_space("default").sample(40, args.seed), args.img_size).values())
     ops = [pool[i] for i in np.random.default_rng(args.seed).choice(len(pool), min(args.ops, len(pool)),
                                                                       replace=False)]

@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=CALIBRATION_NETWORKS, help="calibration networks")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--space", default="default")
-    parser.add_argument("--estimator", default="median", choices=("median", "min"))
+    parser.add_argument("--estimator", default=Protocol.estimator, choices=("median", "min"))
     parser.add_argument("--passes", type=int, default=Protocol.passes, help="sweeps over all ops; fastest kept")
     parser.add_argument("--network-passes", type=int, default=Protocol.network_passes,
                         help="sweeps over the end-to-end networks (calibration and held-out); fastest kept")

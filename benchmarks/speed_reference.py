@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--out", type=Path, default=RESULTS / "speed_reference.json")
     args = parser.parse_args()
-    backend = get_backend(args.backend, threads=args.threads, protocol=Protocol(estimator="min", reference_s=0.0))
+    backend = get_backend(args.backend, threads=args.threads, protocol=Protocol(reference_s=0.0))
     rounds = record_rounds(candidates(backend, args.img_size),
                            targets(backend, args.img_size, args.ops, args.networks, args.seed), args.minutes)
     figures = score(rounds)

@@ -1,36 +1,35 @@
 """The measurement protocol, shared by every op and every end-to-end network so both are timed alike.
 
-Warm-up (a minimum number of calls and a minimum time, so caches, allocators and lazy kernel selection settle),
-then rounds of timed calls until the running median moves by less than `rel_tol` between rounds (or a
-repetition/time cap is hit). We record the median (robust to the shared machine's hiccups), the inter-quartile
-range as the spread, the minimum and the number of timed calls. `estimator` picks which of median and minimum is
-*the* latency: the median by default; the minimum is the usual choice on a machine shared with other jobs, whose
-interference only ever adds time. Builders time every item in `passes` sweeps over all items and keep each
-item's fastest sweep (`best_of_passes`): a burst of interference from another job then spoils one sweep of a few
-items, not the table, and the later sweeps run in a shuffled order; an item whose two fastest sweeps disagree by
-more than `agree_tol` gets up to `extra_passes` more. End-to-end networks get `network_passes`
-sweeps: measured twice over at 128 px with ONNX Runtime (50 networks, 2 threads, no speed reference), two sweeps
-each agreed within ±10 % for 42 % and 70 % of them, four sweeps for 100 % and 100 % (MAPE 2.98 % and 1.84 %), for
-twice the time; a network is one long item, so a burst of interference spoils a larger share of its sweeps than
-of an op's. Eight sweeps did not beat four: two full 128 px torch builds and validations with eight on a noisy
-host scored 86 and 82 % within ±10 %, four with the same seed right after the second 92 % and with another seed
-74 % (`benchmarks/results/lut_fidelity_np8{a,b}_torch_128.json`, `lut_fidelity_np4{b,c}_torch_128.json`).
-`allocator` fixes the memory regime
-(`allocator.py`: freed memory is reused, never faulted in afresh on every call). `reference_s` is how often the
-host's speed is re-read from a fixed reference workload during a build or validation (`speed.py`; 0 turns it
-off): every timing is then divided by the host's slowdown, and `Timing.slowdown` keeps the factor; items whose
-every sweep fell in a slow spell are timed again after the sweeps, once the host is calm, waiting up to
-`calm_wait_s` for it (0: only if it is calm already). `cold_weights_mb` keeps an op's weights out of the cache,
-as a whole network's are (`weight_copies`). `op_replicas` copies of an op run within one timed call, whose time
-is shared among them: a runtime with a fixed cost per call (an ONNX Runtime session run) pays it once per
-network, not once per op (`None`: the backend's own default). Blocks whose input is at most `context_max_side` on
-a side are timed inside a light network, `context_copies` of them chained, in `context_passes` sweeps
-(`in_context.py`; 0: none, the default). Entries more than `recheck_tol` (log) above their family's trend are
-timed again in `recheck_passes` sweeps, after all others, and keep the faster timing (`trend.py`; 0: never).
-`distinct_copies` records that the copies' weights differ in value, not
-just in name, as ONNX Runtime's do since this field (`backends/onnxruntime._Graph`): it stores equal initializers
-once, and LUTs from before it timed attention blocks and heads with their copies' weights shared. A backend
-supplies `run_once`, which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA
+Warm-up (a minimum number of calls and a minimum time, so caches, allocators and lazy kernel selection settle), then
+rounds of timed calls until the running median moves by less than `rel_tol` between rounds (or a repetition/time cap
+is hit). We record the median (robust to the shared machine's hiccups), the inter-quartile range as the spread, the
+minimum and the number of timed calls. `estimator` picks which of median and minimum is *the* latency: the minimum by
+default, the usual choice on a machine shared with other jobs, whose interference only ever adds time, and the one
+every figure of `benchmarks/lut_fidelity.py` was measured with (the median was the default before, so a plain
+`lut build` made a table no fidelity run had scored). Builders time every item in `passes` sweeps over all items and
+keep each item's fastest sweep (`best_of_passes`): a burst of interference from another job then spoils one sweep of a
+few items, not the table, and the later sweeps run in a shuffled order; an item whose two fastest sweeps disagree by
+more than `agree_tol` gets up to `extra_passes` more. End-to-end networks get `network_passes` sweeps: measured twice
+over at 128 px with ONNX Runtime (50 networks, 2 threads, no speed reference), two sweeps each agreed within ±10 % for
+42 % and 70 % of them, four sweeps for 100 % and 100 % (MAPE 2.98 % and 1.84 %), for twice the time; a network is one
+long item, so a burst of interference spoils a larger share of its sweeps than of an op's. Eight sweeps did not beat
+four: two full 128 px torch builds and validations with eight on a noisy host scored 86 and 82 % within ±10 %, four
+with the same seed right after the second 92 % and with another seed 74 %
+(`benchmarks/results/lut_fidelity_np8{a,b}_torch_128.json`, `lut_fidelity_np4{b,c}_torch_128.json`). `allocator` fixes
+the memory regime (`allocator.py`: freed memory is reused, never faulted in afresh on every call). `reference_s` is
+how often the host's speed is re-read from a fixed reference workload during a build or validation (`speed.py`; 0
+turns it off): every timing is then divided by the host's slowdown, and `Timing.slowdown` keeps the factor; items
+whose every sweep fell in a slow spell are timed again after the sweeps, once the host is calm, waiting up to
+`calm_wait_s` for it (0: only if it is calm already). `cold_weights_mb` keeps an op's weights out of the cache, as a
+whole network's are (`weight_copies`). `op_replicas` copies of an op run within one timed call, whose time is shared
+among them: a runtime with a fixed cost per call (an ONNX Runtime session run) pays it once per network, not once per
+op (`None`: the backend's own default). Blocks whose input is at most `context_max_side` on a side are timed inside a
+light network, `context_copies` of them chained, in `context_passes` sweeps (`in_context.py`; 0: none, the default).
+Entries more than `recheck_tol` (log) above their family's trend are timed again in `recheck_passes` sweeps, after all
+others, and keep the faster timing (`trend.py`; 0: never). `distinct_copies` records that the copies' weights differ
+in value, not just in name, as ONNX Runtime's do since this field (`backends/onnxruntime._Graph`): it stores equal
+initializers once, and LUTs from before it timed attention blocks and heads with their copies' weights shared. A
+backend supplies `run_once`, which performs one call and returns its duration in milliseconds (wall clock on CPU, CUDA
 events on GPU).
 
 Warm-up time: 10 ms. A build's ops are short, so the warm-up was most of their time: with 50 ms, timing an op
@@ -72,7 +71,7 @@ class Protocol:
     max_s: float = 1.0
     round_size: int = 5
     rel_tol: float = 0.02
-    estimator: str = "median"
+    estimator: str = "min"
     passes: int = 2
     network_passes: int = 4
     extra_passes: int = 2

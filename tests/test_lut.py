@@ -271,6 +271,25 @@ def test_export_ops_in_context_round_trip(tmp_path, tiny_specs, capsys):
         import_results(tmp_path / "r0.csv", alone_manifest, "stand-in phone", out)
 
 
+class _Built(Exception):
+    """Raised by a stand-in `build_lut` with the protocol the CLI handed it, so nothing is timed."""
+
+
+@pytest.mark.parametrize("flags, estimator", [([], "min"), (["--estimator", "median"], "median"),
+                                              (["--quick", "--estimator", "median"], "median")])
+def test_lut_build_times_by_the_estimator_the_fidelity_runs_scored(tmp_path, monkeypatch, flags, estimator):
+    """Every figure of `benchmarks/lut_fidelity.py` was measured with the minimum: a plain `lut build` uses it too."""
+    import fastvit_nas.latency_lut as latency_lut
+
+    def stand_in(path, backend, **kwargs):
+        raise _Built(backend.protocol)
+
+    monkeypatch.setattr(latency_lut, "build_lut", stand_in)
+    with pytest.raises(_Built) as built:
+        main(["lut", "build", "--space", "tiny", *flags, "--out", str(tmp_path / "l.parquet")])
+    assert built.value.args[0].estimator == estimator
+
+
 def test_bad_op_replicas_get_one_line(tmp_path, capsys):
     assert main(["lut", "export-ops", "--space", "tiny", "--op-replicas", "0", "--out", str(tmp_path / "e")]) == 2
     assert main(["lut", "build", "--space", "tiny", "--op-replicas", "0", "--out", str(tmp_path / "l.parquet")]) == 2
