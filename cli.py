@@ -197,8 +197,12 @@ def _lut_calibrate(args: argparse.Namespace) -> None:
 
 def _lut_show(args: argparse.Namespace) -> None:
     from .latency_lut import LatencyTable
+    from .latency_lut.validate import stored_warnings
 
-    print(LatencyTable.load(Path(args.lut)).describe())
+    table = LatencyTable.load(Path(args.lut))
+    print(table.describe())
+    for warning in stored_warnings(table.meta):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _lut_predict(args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from ..fastvit.spec import ArchSpec
 from .backends import Backend, get_backend
-from .build import measure_missing, measure_networks, new_meta, recalibrate
+from .build import calibration_warnings, measure_missing, measure_networks, new_meta, recalibrate
 from .measure import Protocol
 from .ops import op_counts
 from .predict import Predictor
@@ -72,17 +72,29 @@ class ValidationReport:
     @property
     def warnings(self) -> list[str]:
         """What a user should hear before reading the figures as the table's own error."""
-        repeat = (self.repeatability or {}).get("within_10")
-        if repeat is None or repeat >= REPEAT_WARN:
-            return []
-        return [f"the held-out networks repeated within ±10 % of their first measurement for {repeat:.0f} % of them "
-                f"(usually {REPEAT_WARN:.0f} % or more): the host's noise, not the table, sets these figures; "
-                "validate again when the host is quieter"]
+        return repeat_warnings(self.repeatability)
 
     def summary(self) -> dict:
         """The figures without the per-spec lists."""
         lists = ("arch_ids", "predicted_ms", "measured_ms", "remeasured_ms", "slowdowns", "remeasured_slowdowns")
         return {k: v for k, v in asdict(self).items() if k not in lists}
+
+
+def repeat_warnings(repeatability: dict[str, float] | None) -> list[str]:
+    """The warning a validation whose networks did not repeat themselves gets, from its `repeatability` figures."""
+    repeat = (repeatability or {}).get("within_10")
+    if repeat is None or repeat >= REPEAT_WARN:
+        return []
+    return [f"the held-out networks repeated within ±10 % of their first measurement for {repeat:.0f} % of them "
+            f"(usually {REPEAT_WARN:.0f} % or more): the host's noise, not the table, sets these figures; "
+            "validate again when the host is quieter"]
+
+
+def stored_warnings(meta: LutMeta) -> list[str]:
+    """The warnings of the LUT's last build and validation, from the figures its metadata keeps: `lut show` repeats
+    them, so a table handed on carries its caveats with it."""
+    return (calibration_warnings((meta.calibration or {}).get("fit") or {})
+            + repeat_warnings((meta.validation or {}).get("repeatability")))
 
 
 def figures(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

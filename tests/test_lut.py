@@ -848,6 +848,26 @@ def test_show_and_predict_cli(real_lut, capsys):
     assert json.loads(capsys.readouterr().out)["latency_ms"] > 0
 
 
+@pytest.mark.parametrize("loo_mape, repeat, warned", [(3.0, 98.0, []), (12.0, 64.0, ["calibration", "repeated"])])
+def test_show_repeats_the_stored_warnings_of_build_and_validation(tmp_path, capsys, loo_mape, repeat, warned):
+    """A LUT handed on carries its caveats: `lut show` warns, one line each, from the figures its metadata keeps."""
+    table = LatencyTable(new_meta(FakeBackend(), img_size=IMG, batch=1))
+    table.add([(op, Timing(1.0, 1.0, 1.0, 0.0, 1)) for op in unique_ops([PRESETS["t8"]], IMG).values()])
+    figures = {"mape": 3.0, "within_5": 70.0, "within_10": 96.0, "spearman": 0.99, "kendall": 0.9}
+    table.meta.calibration = {"points": [], "fit": {"model": "global", "points": 24, "offset_ms": 0.1,
+                                                    "scales": {"all": 1.0}, "call_ms": {}, "fit_mape": 2.0,
+                                                    "loo_mape": loo_mape}}
+    table.meta.validation = {**figures, "n": 50, "validated_at": "2026-12-02T00:00:00Z",
+                             "repeatability": {**figures, "within_10": repeat}}
+    table.save(tmp_path / "l.parquet")
+    assert main(["lut", "show", str(tmp_path / "l.parquet")]) == 0
+    captured = capsys.readouterr()
+    assert "within ±10 % 96.0 %" in captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == len(warned) and all(line.startswith("warning: ") and word in line
+                                             for line, word in zip(lines, warned, strict=True))
+
+
 def test_prediction_is_vectorized_and_fast():
     """≥ 10,000 specs per CPU-second with cold decomposition caches (best of three: warm interpreter).
 
