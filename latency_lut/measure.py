@@ -6,15 +6,17 @@ is hit). We record the median (robust to the shared machine's hiccups), the inte
 minimum and the number of timed calls. `estimator` picks which of median and minimum is *the* latency: the minimum by
 default, the usual choice on a machine shared with other jobs, whose interference only ever adds time, and the one
 every figure of `benchmarks/lut_fidelity.py` was measured with (the median was the default before, so a plain
-`lut build` made a table no fidelity run had scored). Builders time every item in `passes` sweeps over all items and
-keep each item's fastest sweep (`best_of_passes`): a burst of interference from another job then spoils one sweep of a
-few items, not the table, and the later sweeps run in a shuffled order; an item whose two fastest sweeps disagree by
-more than `agree_tol` gets up to `extra_passes` more. End-to-end networks get `network_passes` sweeps: measured twice
-over at 128 px with ONNX Runtime (50 networks, 2 threads, no speed reference), two sweeps each agreed within ±10 % for
-42 % and 70 % of them, four sweeps for 100 % and 100 % (MAPE 2.98 % and 1.84 %), for twice the time; a network is one
-long item, so a burst of interference spoils a larger share of its sweeps than of an op's. Eight sweeps did not beat
-four: two full 128 px torch builds and validations with eight on a noisy host scored 86 and 82 % within ±10 %, four
-with the same seed right after the second 92 % and with another seed 74 %
+`lut build` made a table no fidelity run had scored). Taken from the same calls of a stored run's networks on a noisy
+host, the median put 68 and 80 % of them within ±10 % in two rounds, the fastest call 82 and 88 %
+(`benchmarks/lut_estimators.py`). Builders time every item in `passes` sweeps over all items and keep each item's
+fastest sweep (`best_of_passes`): a burst of interference from another job then spoils one sweep of a few items, not
+the table, and the later sweeps run in a shuffled order; an item whose two fastest sweeps disagree by more than
+`agree_tol` gets up to `extra_passes` more. End-to-end networks get `network_passes` sweeps: measured twice over at
+128 px with ONNX Runtime (50 networks, 2 threads, no speed reference), two sweeps each agreed within ±10 % for 42 %
+and 70 % of them, four sweeps for 100 % and 100 % (MAPE 2.98 % and 1.84 %), for twice the time; a network is one long
+item, so a burst of interference spoils a larger share of its sweeps than of an op's. Eight sweeps did not beat four:
+two full 128 px torch builds and validations with eight on a noisy host scored 86 and 82 % within ±10 %, four with the
+same seed right after the second 92 % and with another seed 74 %
 (`benchmarks/results/lut_fidelity_np8{a,b}_torch_128.json`, `lut_fidelity_np4{b,c}_torch_128.json`). `allocator` fixes
 the memory regime (`allocator.py`: freed memory is reused, never faulted in afresh on every call). `reference_s` is
 how often the host's speed is re-read from a fixed reference workload during a build or validation (`speed.py`; 0
