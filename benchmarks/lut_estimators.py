@@ -17,6 +17,7 @@ benchmarks/results/lut_estimators_<run>.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import platform
@@ -87,10 +88,10 @@ def timed_rounds(backend, networks: list[ArchSpec], img_size: int, batch: int, r
     return out
 
 
-def score(lut: Path, statistic: str, points: list[dict], calibration_ms: np.ndarray, held_out: list[ArchSpec],
-          measured: np.ndarray) -> dict:
-    """The table read by `statistic`, calibrated on `calibration_ms`, against `measured`."""
-    table = LatencyTable.load(lut)
+def score(stored: LatencyTable, statistic: str, points: list[dict], calibration_ms: np.ndarray,
+          held_out: list[ArchSpec], measured: np.ndarray) -> dict:
+    """A copy of the table read by `statistic`, calibrated on `calibration_ms`, against `measured`."""
+    table = copy.deepcopy(stored)
     table.rows["latency_ms"] = table.rows[STATISTICS[statistic]]
     refit(table, [{**p, "measured_ms": float(ms)} for p, ms in zip(points, calibration_ms, strict=True)])
     fit = table.meta.calibration["fit"]
@@ -126,7 +127,7 @@ def main() -> None:
     results = {}
     for statistic in STATISTICS:
         for r, timed in enumerate(rounds):
-            scored = score(run.lut, statistic, points, timed[statistic][:n], run.held_out, timed[statistic][n:])
+            scored = score(run.table, statistic, points, timed[statistic][:n], run.held_out, timed[statistic][n:])
             repeat = [figures(other[statistic][n:], timed[statistic][n:])["within_10"]
                       for other in rounds if other is not timed]
             results[f"{statistic}_round{r}"] = {**scored, "repeat_within_10": repeat}

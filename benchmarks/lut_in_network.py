@@ -102,13 +102,11 @@ def probe(spec: ArchSpec, stage: int, error: float | None, table: LatencyTable, 
 
 @dataclasses.dataclass(frozen=True)
 class FidelityRun:
-    """One configuration of a `lut_fidelity.py` results file: its table (and the file it was read from), held-out
-    specs and their timings."""
+    """One configuration of a `lut_fidelity.py` results file: its table, held-out specs and their timings."""
 
     table: LatencyTable
     held_out: list[ArchSpec]
     per_spec: dict
-    lut: Path
 
     def measured_networks(self) -> tuple[list[ArchSpec], np.ndarray]:
         """Every network the run timed end to end, held-out then calibration, with its measured ms: the points a
@@ -122,8 +120,7 @@ def load_run(path: str, config: int) -> FidelityRun:
     run = json.loads(Path(path).read_text())
     chosen = run["results"][config]
     held_out = resolve_space(run["args"]["space"]).sample(run["args"]["n"], run["args"]["seed"])
-    lut = Path(chosen["lut"])
-    return FidelityRun(LatencyTable.load(lut), held_out, chosen["per_spec"], lut)
+    return FidelityRun(LatencyTable.load(Path(chosen["lut"])), held_out, chosen["per_spec"])
 
 
 RELIABLE = 0.12
