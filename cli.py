@@ -161,7 +161,7 @@ def _lut_build(args: argparse.Namespace) -> None:
     from .latency_lut import Protocol, build_lut, get_backend
 
     overrides = {k: v for k in ("estimator", "reference_s", "calm_wait_s", "cold_weights_mb", "op_replicas",
-                                "network_passes", "extra_passes", "context_max_side", "recheck_tol")
+                                "network_passes", "network_calls", "extra_passes", "context_max_side", "recheck_tol")
                  if (v := getattr(args, k)) is not None}
     protocol = dataclasses.replace(Protocol.quick() if args.quick else Protocol(), **overrides)
     backend = get_backend(args.backend, device=args.device, dtype=args.dtype, threads=args.threads,
@@ -292,6 +292,11 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                        help="sweeps over the end-to-end networks, calibration now and held-out at validation; the "
                             "fastest kept (default 4; with 2, one network's two measurements differed by over 10 %% "
                             "for 30-58 %% of networks)")
+    build.add_argument("--network-calls", type=int,
+                       help="timed calls per sweep of a network, to be spread over more sweeps (with "
+                            "--network-passes 16, 4 put 98 %% of a stored table's held-out networks within ±10 %% "
+                            "where the default's four long sweeps put 88 %%, on a noisy host; default 0: as an op, "
+                            "until the median settles)")
     build.add_argument("--extra-passes", type=int,
                        help="more sweeps, at most, for an op or network whose two fastest sweeps differ by over 5 %% "
                             "(default 2; 0: none)")

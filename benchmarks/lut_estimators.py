@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lut_in_network import load_run
+from lut_in_network import FidelityRun, load_run
 
 from fastvit_nas.fastvit.spec import ArchSpec
 from fastvit_nas.latency_lut import LatencyTable, Predictor, Protocol, measure_network
@@ -99,21 +99,33 @@ def score(stored: LatencyTable, statistic: str, points: list[dict], calibration_
             "loo_mape": fit["loo_mape"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def retiming_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that re-times a stored run's networks: the run, the noise sample, the seed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("fidelity", help="a results JSON of benchmarks/lut_fidelity.py (its LUT file must exist)")
     parser.add_argument("--config", type=int, default=0, help="which of its results (backend, size)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--sweeps", type=int, default=Protocol.network_passes)
     parser.add_argument("--noise-s", type=float, default=30.0, help="seconds of host-noise sampling first (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="order of the sweeps")
     parser.add_argument("--out")
-    args = parser.parse_args()
+    return parser
+
+
+def stored_networks(args: argparse.Namespace) -> tuple[FidelityRun, list[dict], list[ArchSpec], Protocol]:
+    """The stored run, its calibration points and networks, and its protocol without the speed reference: the
+    networks are re-timed side by side, so the host's state is shared and needs no reading."""
     run = load_run(args.fidelity, args.config)
+    points = run.table.meta.calibration["points"]
+    protocol = dataclasses.replace(Protocol(**run.table.meta.measuring_protocol()), reference_s=0.0, calm_wait_s=0.0)
+    return run, points, [ArchSpec.from_dict(p["spec"]) for p in points], protocol
+
+
+def main() -> None:
+    parser = retiming_parser(__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sweeps", type=int, default=Protocol.network_passes)
+    args = parser.parse_args()
+    run, points, calibration, protocol = stored_networks(args)
     meta = run.table.meta
-    points = meta.calibration["points"]
-    calibration = [ArchSpec.from_dict(p["spec"]) for p in points]
-    protocol = dataclasses.replace(Protocol(**meta.measuring_protocol()), reference_s=0.0, calm_wait_s=0.0)
     backend = backend_for(meta, protocol)
     noise = host_noise(args.noise_s, meta.threads or 1) if args.noise_s else None
     if noise:

@@ -106,7 +106,8 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
     calibration = calibration_specs(space, args.calib, img)
     backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=Protocol(estimator=args.estimator, passes=args.passes,
-                                            network_passes=args.network_passes, extra_passes=args.extra_passes,
+                                            network_passes=args.network_passes, network_calls=args.network_calls,
+                                            extra_passes=args.extra_passes,
                                             agree_tol=args.agree_tol,
                                             reference_s=args.reference_s, calm_wait_s=args.calm_wait_s,
                                             cold_weights_mb=args.cold_weights_mb, op_replicas=args.op_replicas,
@@ -124,7 +125,8 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
         "unnormalised": unnormalised(lut, report, held_out) if speed else None, "slowdown": speed,
         "backend": backend_name, "device": args.device, "dtype": args.dtype, "img_size": img,
         "threads": args.threads, "batch": batch, "estimator": args.estimator, "passes": args.passes,
-        "network_passes": args.network_passes, "extra_passes": args.extra_passes, "agree_tol": args.agree_tol,
+        "network_passes": args.network_passes, "network_calls": args.network_calls,
+        "extra_passes": args.extra_passes, "agree_tol": args.agree_tol,
         "cold_weights_mb": backend.protocol.cold_weights_mb, "op_replicas": backend.protocol.op_replicas,
         "context_max_side": backend.protocol.context_max_side, "recheck_tol": backend.protocol.recheck_tol,
         "n": report.n, "within_10": report.within_10, "within_5": report.within_5, "mape": report.mape,
@@ -156,6 +158,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=Protocol.passes, help="sweeps over all ops; fastest kept")
     parser.add_argument("--network-passes", type=int, default=Protocol.network_passes,
                         help="sweeps over the end-to-end networks (calibration and held-out); fastest kept")
+    parser.add_argument("--network-calls", type=int, default=Protocol.network_calls,
+                        help="timed calls per sweep of a network (default 0: as an op's)")
     parser.add_argument("--extra-passes", type=int, default=Protocol.extra_passes,
                         help="more sweeps, at most, for an item whose two fastest disagree by over --agree-tol")
     parser.add_argument("--agree-tol", type=float, default=Protocol.agree_tol)

@@ -121,9 +121,24 @@ def space_specs(source: SpaceSource, img_size: int, batch: int, seed: int = 0, p
     return keep
 
 
+def network_timers(backend: Backend, img_size: int, batch: int) -> Callable[[ArchSpec], Timing]:
+    """One sweep of a fused network's end-to-end latency, by the same backend and protocol as its ops
+    (`Backend.network_timer`): each network is built, and exported where the backend exports, once for all its
+    sweeps, and kept until the returned function is dropped."""
+    timers: dict[str, Callable[[], Timing]] = {}
+
+    def time_network(spec: ArchSpec) -> Timing:
+        if spec.arch_id not in timers:
+            shape = (batch, spec.in_chans, img_size, img_size)
+            timers[spec.arch_id] = backend.network_timer(build_model(spec, inference=True), shape)
+        return timers[spec.arch_id]()
+
+    return time_network
+
+
 def measure_network(backend: Backend, spec: ArchSpec, img_size: int, batch: int) -> Timing:
-    """End-to-end latency of the fused network, by the same backend and protocol as its ops."""
-    return backend.time_module(build_model(spec, inference=True), (batch, spec.in_chans, img_size, img_size))
+    """End-to-end latency of the fused network in one sweep, by the same backend and protocol as its ops."""
+    return network_timers(backend, img_size, batch)(spec)
 
 
 def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchSpec], path: Path | None = None,
@@ -162,6 +177,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     context_timings: dict[Context, Timing] = {}
     chains: dict[Context, list[tuple[Op, Timing]]] = {}
     stored: dict[str, Timing] = {}
+    time_network = network_timers(backend, meta.img_size, meta.batch)
 
     def timer(context: Context) -> Callable[[Op | None, int], Timing]:
         if context not in timers:
@@ -170,7 +186,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
 
     def time_item(item: Op | InContext | Context | ArchSpec) -> Timing:
         if isinstance(item, ArchSpec):
-            return measure_network(backend, item, meta.img_size, meta.batch)
+            return time_network(item)
         if isinstance(item, Context):
             return timer(item)(None, 0)
         if isinstance(item, InContext):
@@ -228,8 +244,7 @@ def measure_networks(backend: Backend, specs: list[ArchSpec], img_size: int, bat
     """End-to-end latencies of the fused networks, by the same backend and protocol as the ops, in the protocol's
     `network_passes` sweeps."""
     passes = [backend.protocol.network_passes] * len(specs)
-    return _sweeps(backend, specs, lambda spec: measure_network(backend, spec, img_size, batch), passes, desc, "net",
-                   progress)
+    return _sweeps(backend, specs, network_timers(backend, img_size, batch), passes, desc, "net", progress)
 
 
 def recalibrate(table: LatencyTable, backend: Backend, progress: bool = False,

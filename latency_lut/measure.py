@@ -17,7 +17,13 @@ and 70 % of them, four sweeps for 100 % and 100 % (MAPE 2.98 % and 1.84 %), for 
 item, so a burst of interference spoils a larger share of its sweeps than of an op's. Eight sweeps did not beat four:
 two full 128 px torch builds and validations with eight on a noisy host scored 86 and 82 % within ±10 %, four with the
 same seed right after the second 92 % and with another seed 74 %
-(`benchmarks/results/lut_fidelity_np8{a,b}_torch_128.json`, `lut_fidelity_np4{b,c}_torch_128.json`). `allocator` fixes
+(`benchmarks/results/lut_fidelity_np8{a,b}_torch_128.json`, `lut_fidelity_np4{b,c}_torch_128.json`). Those sweeps
+are long: 10-60 calls, up to a second, inside which the host's load hardly changes, so four sweeps draw four states
+of it. `network_calls` makes each sweep of a network that many calls, to be spread over more sweeps: re-timing a
+stored 128 px torch table's calibration and held-out networks in alternating rounds on a noisy host, 16 sweeps of 4
+calls put 98 % of the held-out networks within ±10 % over four rounds, four long sweeps 88 %, and the networks
+repeated within ±10 % for 88-94 % against 54-60 % (`benchmarks/lut_network_sweeps.py`; 0, as ops, stays the
+default until full builds confirm it). `allocator` fixes
 the memory regime (`allocator.py`: freed memory is reused, never faulted in afresh on every call). `reference_s` is
 how often the host's speed is re-read from a fixed reference workload during a build or validation (`speed.py`; 0
 turns it off): every timing is then divided by the host's slowdown, and `Timing.slowdown` keeps the factor; items
@@ -76,6 +82,7 @@ class Protocol:
     estimator: str = "min"
     passes: int = 2
     network_passes: int = 4
+    network_calls: int = 0
     extra_passes: int = 2
     agree_tol: float = 0.05
     allocator: str = "reuse"
@@ -102,7 +109,8 @@ class Protocol:
         if self.cold_weights_mb is not None and self.cold_weights_mb < 0:
             raise FastVitNasError(f"cold_weights_mb must be >= 0 (0: warm weights, None: the backend's default), "
                                   f"got {self.cold_weights_mb!r}")
-        for name, least in (("passes", 1), ("network_passes", 1), ("context_passes", 1), ("extra_passes", 0),
+        for name, least in (("passes", 1), ("network_passes", 1), ("network_calls", 0), ("context_passes", 1),
+                            ("extra_passes", 0),
                             ("agree_tol", 0), ("recheck_tol", 0), ("recheck_passes", 1)):
             if getattr(self, name) < least:
                 raise FastVitNasError(f"{name} must be >= {least}, got {getattr(self, name)!r}")
@@ -113,6 +121,14 @@ class Protocol:
             raise FastVitNasError(f"context_copies must be >= 1, got {self.context_copies!r}")
         if self.op_replicas is not None and self.op_replicas < 1:
             raise FastVitNasError(f"op_replicas must be >= 1 (None: the backend's default), got {self.op_replicas!r}")
+
+    def for_networks(self) -> Protocol:
+        """The protocol of one sweep of an end-to-end network: `network_calls` timed calls when set, else as an op's
+        (rounds until the median settles)."""
+        if not self.network_calls:
+            return self
+        return replace(self, min_reps=self.network_calls, max_reps=self.network_calls,
+                       round_size=self.network_calls)
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..fastvit.presets import PRESETS
 from .backends.base import Backend
-from .measure import Timing, geomean_ratio
+from .measure import Protocol, Timing, geomean_ratio
 from .modules import op_module
 from .ops import Op, unique_ops
 from .table import LutMeta, reference_replicas
@@ -196,9 +196,13 @@ class SpeedNormalised(Backend):
         self.record["reading_s"] = round(self.record.get("reading_s", 0.0) + time.monotonic() - start, 3)
         return geomean_ratio(now, baseline)
 
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
-        return self._normalised(lambda: self.inner.time_module(module, in_shape, copies, replicas))
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
+        return self._normalised(lambda: self.inner.time_module(module, in_shape, copies, replicas, protocol))
+
+    def network_timer(self, module: nn.Module, in_shape: tuple[int, ...]) -> Callable[[], Timing]:
+        inner = self.inner.network_timer(module, in_shape)
+        return lambda: self._normalised(inner)
 
     def time_op(self, op: Op) -> Timing:
         return self._normalised(lambda: self.inner.time_op(op))

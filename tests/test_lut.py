@@ -51,10 +51,11 @@ from fastvit_nas.latency_lut import (
     unique_ops,
     validate,
 )
+from fastvit_nas.latency_lut import build as build_module
 from fastvit_nas.latency_lut import speed as speed_module
 from fastvit_nas.latency_lut.backends import onnxruntime as ort_backend
 from fastvit_nas.latency_lut.backends.onnxruntime import chained, export_onnx, replicated, session, time_session
-from fastvit_nas.latency_lut.build import CALIBRATION_LOO_WARN, _interleave, new_meta
+from fastvit_nas.latency_lut.build import CALIBRATION_LOO_WARN, _interleave, measure_networks, new_meta
 from fastvit_nas.latency_lut.design import calibration_specs
 from fastvit_nas.latency_lut.in_context import BLOCK_TYPES, block_contexts, block_timing, context_for
 from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, weight_copies
@@ -84,8 +85,8 @@ class FakeBackend(Backend):
     def version(self) -> str:
         return "0"
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
         self.calls.append(tuple(in_shape))
         self.copies.append((module, copies, replicas))
         params = sum(p.numel() for p in module.parameters())
@@ -477,6 +478,35 @@ def test_real_measurement_is_positive_and_finite(real_lut):
     assert 0 < timing.latency_ms < 1e4 and timing.iqr_ms >= 0
 
 
+@pytest.mark.parametrize("backend_name", ["torch", "onnxruntime"])
+def test_network_sweeps_time_network_calls_and_build_each_network_once(monkeypatch, tiny_specs, backend_name):
+    """With `network_calls`, each sweep of a network is that many timed calls (the ops' protocol would time a
+    multiple of its rounds of 3), and a network is built and exported once for all its sweeps; without it, a
+    sweep is timed as an op is."""
+    built, exported = collections.Counter(), collections.Counter()
+    real_build, real_export = build_module.build_model, ort_backend.export_onnx
+
+    def counting_build(spec, **kwargs):
+        built[spec.arch_id] += 1
+        return real_build(spec, **kwargs)
+
+    def counting_export(module, *args):
+        exported[id(module)] += 1
+        return real_export(module, *args)
+
+    monkeypatch.setattr(build_module, "build_model", counting_build)
+    monkeypatch.setattr(ort_backend, "export_onnx", counting_export)
+    specs = tiny_specs[:2]
+    short = dataclasses.replace(Protocol.quick(), network_passes=3, network_calls=7)
+    timings = measure_networks(get_backend(backend_name, threads=1, protocol=short), specs, IMG, 1)
+    assert [t.count for t in timings] == [7, 7] and all(t.latency_ms > 0 for t in timings)
+    assert list(built.values()) == [1, 1]
+    assert list(exported.values()) == ([1, 1] if backend_name == "onnxruntime" else [])
+    as_ops = dataclasses.replace(short, network_calls=0)
+    timings = measure_networks(get_backend(backend_name, threads=1, protocol=as_ops), specs, IMG, 1)
+    assert all(t.count % as_ops.round_size == 0 for t in timings)
+
+
 def test_weight_copies_fill_the_cold_footprint_within_bounds():
     cold = Protocol(cold_weights_mb=64.0)
     assert weight_copies(torch.nn.Linear(1000, 1000, bias=False), cold) == 16  # 4 MB of weights
@@ -537,10 +567,10 @@ class OpSumNetworks(FakeBackend):
         super().__init__()
         self.scatter = scatter
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
         if not isinstance(module, FastVitNas):
-            return super().time_module(module, in_shape, copies, replicas)
+            return super().time_module(module, in_shape, copies, replicas, protocol)
         ops_ms = sum(super(OpSumNetworks, self).time_module(op_module(op), op.in_shape).latency_ms * count
                      for op, count in op_counts(module.spec, in_shape[-1], in_shape[0]))
         ms = ops_ms * (0.6 + 0.8 * (len(self.calls) * 0.618 % 1) if self.scatter else 1.2)
@@ -671,9 +701,9 @@ class SlowAtFirst(FakeBackend):
         super().__init__(**kwargs)
         self.first, self.later, self.timed = first, later, collections.Counter()
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
-        plain = super().time_module(module, in_shape, copies, replicas)
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
+        plain = super().time_module(module, in_shape, copies, replicas, protocol)
         params = sum(p.numel() for p in module.parameters())
         again = self.timed[params] > 0
         self.timed[params] += 1
@@ -936,11 +966,11 @@ class SteppingBackend(FakeBackend):
         super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=0.0))  # read before every item
         self.at, self.after = at, after
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
         if len(self.calls) >= self.at:
             self.slowdown = self.after
-        return super().time_module(module, in_shape, copies, replicas)
+        return super().time_module(module, in_shape, copies, replicas, protocol)
 
 
 def test_speed_reference_puts_timings_at_any_host_speed_on_one_scale(tmp_path, tiny_specs):
@@ -1208,11 +1238,11 @@ class SpellBackend(FakeBackend):
         super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=calm_wait_s))  # read every item
         self.clock, self.at, self.until = clock, at, until
 
-    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
+    def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
         self.clock.now += 0.01
         self.slowdown = 1.5 if len(self.calls) >= self.at and self.clock.now < self.until else 1.0
-        return super().time_module(module, in_shape, copies, replicas)
+        return super().time_module(module, in_shape, copies, replicas, protocol)
 
 
 def test_ops_timed_in_a_slow_spell_are_timed_again_once_it_ends(tmp_path, tiny_specs, clock):

@@ -66,14 +66,22 @@ class Backend(ABC):
         """The runtime's version, recorded beside every LUT it measures."""
 
     @abstractmethod
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
-        """Latency of `module` (an fp32 eval-mode CPU module) on a random input of `in_shape`, by the protocol.
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
+        """Latency of `module` (an fp32 eval-mode CPU module) on a random input of `in_shape`, by the protocol
+        (or by `protocol`, for a network's sweep: `network_timer`).
 
         With `copies` > 1, that many copies of the module (with their own weights) run in turn, one per call:
         how ops are timed with their weights out of the cache (`measure.weight_copies`). With `replicas` > 1, one
         timed call runs that many copies and the latency is one copy's share (`Protocol.op_replicas`).
         """
+
+    def network_timer(self, module: nn.Module, in_shape: tuple[int, ...]) -> Callable[[], Timing]:
+        """A timer of one end-to-end network, called once per sweep, by the protocol of a network's sweep
+        (`Protocol.for_networks`). The network is built once for all its sweeps: building a fused network took
+        0.5-3 s here, longer than a sweep of it, and a torch network's time does not depend on its instance."""
+        protocol = self.protocol.for_networks()
+        return lambda: self.time_module(module, in_shape, protocol=protocol)
 
     def time_op(self, op: Op) -> Timing:
         """One op's latency as a LUT records it: its module through the protocol's weight copies and replicas.

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ...errors import FastVitNasError
-from ..measure import Timing, measure, wall_clock
+from ..measure import Protocol, Timing, measure, wall_clock
 from ..modules import op_module
 from ..ops import Op
 from .base import Backend
@@ -244,20 +244,26 @@ class OnnxRuntime(Backend):
     def version(self) -> str:
         return ort.__version__
 
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
         """Ops are timed with warm weights (`copies` 1, `__init__`)."""
         if copies != 1:
             raise FastVitNasError(f"copies: {WARM_ONLY}, got {copies}")
-        return self._time_replicated(export_onnx(module, in_shape, self.dtype), replicas)
+        return self._time_replicated(export_onnx(module, in_shape, self.dtype), replicas, protocol)
+
+    def network_timer(self, module: nn.Module, in_shape: tuple[int, ...]) -> Callable[[], Timing]:
+        """Exports the network once for all its sweeps; each sweep opens a session of its own, as each op's does."""
+        model = export_onnx(module, in_shape, self.dtype)
+        protocol = self.protocol.for_networks()
+        return lambda: self._time_replicated(model, 1, protocol)
 
     def time_op(self, op: Op) -> Timing:
         return self._time_replicated(self._op_model(op), self.protocol.op_replicas)
 
-    def _time_replicated(self, model: bytes, replicas: int) -> Timing:
+    def _time_replicated(self, model: bytes, replicas: int, protocol: Protocol | None = None) -> Timing:
         """`model` timed `replicas` side by side in a session of its own, per copy."""
         sess = session(replicated(model, replicas), self.device, self.threads)
-        return time_session(sess, self.protocol, self.dtype, replicas)
+        return time_session(sess, protocol or self.protocol, self.dtype, replicas)
 
     def _op_model(self, op: Op) -> bytes:
         """The op's export, kept for its later sweeps when small (`KEPT_EXPORT_BYTES`, `KEPT_EXPORTS_BYTES`).

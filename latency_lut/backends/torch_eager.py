@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..measure import Timing, measure, round_robin, wall_clock
+from ..measure import Protocol, Timing, measure, round_robin, wall_clock
 from .base import Backend
 
 
@@ -47,8 +47,8 @@ class TorchEager(Backend):
     def version(self) -> str:
         return torch.__version__
 
-    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1,
-                    replicas: int = 1) -> Timing:
+    def time_module(self, module: nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
+                    protocol: Protocol | None = None) -> Timing:
         dtype = getattr(torch, self.dtype)
         module = module.eval().to(device=self.device, dtype=dtype)
         modules = [module, *(copy.deepcopy(module) for _ in range(copies - 1))]
@@ -57,4 +57,4 @@ class TorchEager(Backend):
             turn = round_robin([functools.partial(m, x) for m in modules])
             call = turn if replicas == 1 else lambda: [turn() for _ in range(replicas)]
             run = _cuda_events(call) if self.device == "cuda" else wall_clock(call)
-            return measure(run, self.protocol, replicas)
+            return measure(run, protocol or self.protocol, replicas)
