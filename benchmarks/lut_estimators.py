@@ -21,16 +21,17 @@ import copy
 import dataclasses
 import json
 import platform
-import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from lut_in_network import FidelityRun, load_run
 
+from fastvit_nas.fastvit.model import build_model
 from fastvit_nas.fastvit.spec import ArchSpec
-from fastvit_nas.latency_lut import LatencyTable, Predictor, Protocol, measure_network
+from fastvit_nas.latency_lut import LatencyTable, LutMeta, Predictor, Protocol, Timing
 from fastvit_nas.latency_lut.build import refit
 from fastvit_nas.latency_lut.validate import backend_for, figures
 
@@ -70,18 +71,16 @@ def host_noise(seconds: float, threads: int) -> dict:
                                 for lag in lags}}
 
 
-def timed_rounds(backend, networks: list[ArchSpec], img_size: int, batch: int, rounds: int, sweeps: int,
-                 seed: int) -> list[dict[str, np.ndarray]]:
-    """Per round and statistic, each network's best sweep; all statistics come from the same calls."""
-    rng = random.Random(seed)
+def timed_rounds(timers: list[Callable[[], Timing]], rounds: int, sweeps: int,
+                 rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """Per round and statistic, each network's best sweep, its sweeps in shuffled order; all statistics come from
+    the same calls. `timers` time one network each (`Backend.network_timer`), built once for all sweeps."""
     out = []
     for _ in range(rounds):
-        best = {name: np.full(len(networks), np.inf) for name in STATISTICS}
+        best = {name: np.full(len(timers), np.inf) for name in STATISTICS}
         for _ in range(sweeps):
-            order = list(range(len(networks)))
-            rng.shuffle(order)
-            for i in order:
-                timing = measure_network(backend, networks[i], img_size, batch)
+            for i in rng.permutation(len(timers)):
+                timing = timers[i]()
                 for name, field in STATISTICS.items():
                     best[name][i] = min(best[name][i], getattr(timing, field))
         out.append(best)
@@ -97,6 +96,11 @@ def score(stored: LatencyTable, statistic: str, points: list[dict], calibration_
     fit = table.meta.calibration["fit"]
     return {**figures(Predictor(table).predict_many(held_out), measured), "model": fit["model"],
             "loo_mape": fit["loo_mape"]}
+
+
+def network_shape(meta: LutMeta, spec: ArchSpec) -> tuple[int, ...]:
+    """The input shape a network of `spec` is timed on at the table's settings."""
+    return (meta.batch, spec.in_chans, meta.img_size, meta.img_size)
 
 
 def retiming_parser(description: str) -> argparse.ArgumentParser:
@@ -133,8 +137,9 @@ def main() -> None:
               f"(runs of {noise['calm_run_ms_median']:.0f} ms, median), median/p2 "
               f"{noise['median_ms'] / noise['p2_ms']:.2f}, autocorrelation {noise['autocorrelation']}", flush=True)
     start = time.monotonic()
-    rounds = timed_rounds(backend, calibration + run.held_out, meta.img_size, meta.batch, args.rounds, args.sweeps,
-                          args.seed)
+    timers = [backend.network_timer(build_model(spec, inference=True), network_shape(meta, spec))
+              for spec in calibration + run.held_out]
+    rounds = timed_rounds(timers, args.rounds, args.sweeps, np.random.default_rng(args.seed))
     n = len(calibration)
     results = {}
     for statistic in STATISTICS:

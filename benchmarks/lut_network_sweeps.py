@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lut_estimators import host_noise, retiming_parser, score, stored_networks
+from lut_estimators import host_noise, network_shape, retiming_parser, score, stored_networks, timed_rounds
 
 from fastvit_nas.fastvit.model import build_model
 from fastvit_nas.latency_lut import Protocol
@@ -40,15 +40,6 @@ def designs(short_sweeps: int, short_calls: int) -> dict[str, tuple[int, dict]]:
     (`Protocol.network_calls`)."""
     return {"long": (Protocol.network_passes, {"network_calls": 0}),
             "short": (short_sweeps, {"network_calls": short_calls})}
-
-
-def timed_round(timers: list, sweeps: int, rng: np.random.Generator) -> np.ndarray:
-    """Each network's fastest call over `sweeps` sweeps in shuffled order (`Backend.network_timer`s)."""
-    best = np.full(len(timers), np.inf)
-    for _ in range(sweeps):
-        for i in rng.permutation(len(timers)):
-            best[i] = min(best[i], timers[i]().min_ms)
-    return best
 
 
 def main() -> None:
@@ -65,7 +56,6 @@ def main() -> None:
     n = len(calibration)
     plan = designs(args.short_sweeps, args.short_calls)
     modules = [build_model(spec, inference=True) for spec in networks]
-    in_shape = (meta.batch, networks[0].in_chans, meta.img_size, meta.img_size)
     rng = np.random.default_rng(args.seed)
     noise = host_noise(args.noise_s, meta.threads or 1) if args.noise_s else None
     if noise:
@@ -79,8 +69,9 @@ def main() -> None:
             sweeps, changes = plan[name]
             backend = backend_for(meta, dataclasses.replace(stored, **changes))
             start = time.monotonic()
-            timers = [backend.network_timer(module, in_shape) for module in modules]
-            timed[name].append(timed_round(timers, sweeps, rng))
+            timers = [backend.network_timer(module, network_shape(meta, spec))
+                      for module, spec in zip(modules, networks, strict=True)]
+            timed[name].append(timed_rounds(timers, 1, sweeps, rng)[0]["min"])
             seconds[name] += time.monotonic() - start
             print(f"{name} round {r}: {time.monotonic() - start:.0f} s", flush=True)
     results = {}

@@ -110,8 +110,7 @@ class Protocol:
             raise FastVitNasError(f"cold_weights_mb must be >= 0 (0: warm weights, None: the backend's default), "
                                   f"got {self.cold_weights_mb!r}")
         for name, least in (("passes", 1), ("network_passes", 1), ("network_calls", 0), ("context_passes", 1),
-                            ("extra_passes", 0),
-                            ("agree_tol", 0), ("recheck_tol", 0), ("recheck_passes", 1)):
+                            ("extra_passes", 0), ("agree_tol", 0), ("recheck_tol", 0), ("recheck_passes", 1)):
             if getattr(self, name) < least:
                 raise FastVitNasError(f"{name} must be >= {least}, got {getattr(self, name)!r}")
         if self.context_max_side < 0:
