@@ -290,13 +290,11 @@ def _add_lut_commands(sub: argparse._SubParsersAction) -> None:
                             "again after the sweeps, keeping the faster timing (default 0.10; 0: never)")
     build.add_argument("--network-passes", type=int,
                        help="sweeps over the end-to-end networks, calibration now and held-out at validation; the "
-                            "fastest kept (default 4; with 2, one network's two measurements differed by over 10 %% "
-                            "for 30-58 %% of networks)")
+                            "fastest kept (default 16, of --network-calls each)")
     build.add_argument("--network-calls", type=int,
-                       help="timed calls per sweep of a network, to be spread over more sweeps (with "
-                            "--network-passes 16, 4 put 98 %% of a stored table's held-out networks within ±10 %% "
-                            "where the default's four long sweeps put 88 %%, on a noisy host; default 0: as an op, "
-                            "until the median settles)")
+                       help="timed calls per sweep of a network (default 4; 0: as an op, until the median "
+                            "settles). 16 sweeps of 4 put 98 %% of a stored table's held-out networks within ±10 %% "
+                            "where four long sweeps put 88 %%, on a noisy host")
     build.add_argument("--extra-passes", type=int,
                        help="more sweeps, at most, for an op or network whose two fastest sweeps differ by over 5 %% "
                             "(default 2; 0: none)")

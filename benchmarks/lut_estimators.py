@@ -126,7 +126,7 @@ def stored_networks(args: argparse.Namespace) -> tuple[FidelityRun, list[dict], 
 def main() -> None:
     parser = retiming_parser(__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--sweeps", type=int, default=Protocol.network_passes)
+    parser.add_argument("--sweeps", type=int, help="sweeps per round (default: the run's own network_passes)")
     args = parser.parse_args()
     run, points, calibration, protocol = stored_networks(args)
     meta = run.table.meta
@@ -139,7 +139,7 @@ def main() -> None:
     start = time.monotonic()
     timers = [backend.network_timer(build_model(spec, inference=True), network_shape(meta, spec))
               for spec in calibration + run.held_out]
-    rounds = timed_rounds(timers, args.rounds, args.sweeps, np.random.default_rng(args.seed))
+    rounds = timed_rounds(timers, args.rounds, args.sweeps or protocol.network_passes, np.random.default_rng(args.seed))
     n = len(calibration)
     results = {}
     for statistic in STATISTICS:

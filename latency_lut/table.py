@@ -40,6 +40,9 @@ LUTs written before them mean: ops timed with warm and with cold weights (`measu
 to a fifth, ONNX Runtime ops timed one or eight to a session run by its fixed cost per run, and small blocks
 timed inside a network by up to 1.6 times (`in_context.py`), and ONNX Runtime attention blocks whose copies shared
 their weights' values by a fifth (`backends/onnxruntime._Graph`), so they are never mixed in one table."""
+EARLIER_DEFAULTS = {"network_calls": 0}
+"""Protocol fields whose default changed, with the value LUTs written before them were measured by: validating an
+older LUT times its held-out networks as its calibration networks were timed."""
 VERSION_FIELDS = ("backend_version", "torch_version")
 
 
@@ -81,8 +84,8 @@ class LutMeta:
         return f"{d.get('name', '?')} ({d.get('kind', '?')}{threads})"
 
     def measuring_protocol(self) -> dict[str, Any]:
-        """The protocol the LUT's ops were measured by, with the regime older LUTs mean where they lack a field."""
-        return {**REGIME_FIELDS, **self.protocol}
+        """The protocol the LUT's ops were measured by, with what older LUTs mean where they lack a field."""
+        return {**REGIME_FIELDS, **EARLIER_DEFAULTS, **self.protocol}
 
     def _identity(self, fields: tuple[str, ...]) -> dict[str, Any]:
         """The `fields` and the regime fields: what must agree for two measurements to be combined."""

@@ -62,7 +62,7 @@ from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, w
 from fastvit_nas.latency_lut.modules import op_module
 from fastvit_nas.latency_lut.ops import probe_spec, stage_ops
 from fastvit_nas.latency_lut.speed import BASELINE_READINGS, SpeedNormalised
-from fastvit_nas.latency_lut.validate import REPEAT_WARN, ValidationReport
+from fastvit_nas.latency_lut.validate import REPEAT_WARN, ValidationReport, backend_for
 
 IMG = 64
 
@@ -822,6 +822,19 @@ def test_measuring_regimes_are_never_mixed(tmp_path, tiny_specs, field, before, 
                   img_size=IMG, calibration_n=0)
 
 
+def test_a_lut_from_before_short_network_sweeps_is_validated_as_it_was_built(tmp_path, tiny_specs):
+    """LUTs written before `network_calls` timed their calibration networks in sweeps as long as an op's: their
+    held-out networks are timed so too, while a new LUT's get the default's short sweeps."""
+    path = tmp_path / "l.parquet"
+    build_lut(path, get_backend("torch", threads=1, protocol=Protocol.quick()), specs=tiny_specs[:1], img_size=IMG,
+              calibration_n=0)
+    table = LatencyTable.load(path)
+    assert backend_for(table.meta).protocol.network_calls == Protocol.network_calls == 4
+    del table.meta.protocol["network_calls"]
+    table.save(path)
+    assert backend_for(LatencyTable.load(path).meta).protocol.for_networks().max_reps == Protocol.quick().max_reps
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reuse regime is set through glibc's mallopt")
 def test_measurement_reuses_freed_memory_instead_of_faulting_pages_in_every_call():
     """An activation above glibc's largest mmap threshold (32 MB) is otherwise mapped afresh in every call, and
@@ -1246,11 +1259,14 @@ def test_awaiting_calm_reads_the_host_no_more_often_than_the_reference_interval(
 
 
 class SpellBackend(FakeBackend):
-    """A host 1.5x slower from its `at`-th timed module until `clock` reaches `until` seconds; a call takes 10 ms."""
+    """A host 1.5x slower from its `at`-th timed module after the speed reference's baseline until `clock` reaches
+    `until` seconds; a call takes 10 ms, and four sweeps of the calibration networks end before the spell does."""
 
     def __init__(self, clock: FakeClock, at: int, until: float, calm_wait_s: float = 60.0) -> None:
-        super().__init__(protocol=Protocol(passes=1, reference_s=1e-9, calm_wait_s=calm_wait_s))  # read every item
-        self.clock, self.at, self.until = clock, at, until
+        super().__init__(protocol=Protocol(passes=1, network_passes=4, reference_s=1e-9,  # read every item
+                                           calm_wait_s=calm_wait_s))
+        self.clock, self.until = clock, until
+        self.at = at + BASELINE_READINGS * len(unique_ops([PRESETS["sa12"]], IMG))
 
     def time_module(self, module: torch.nn.Module, in_shape: tuple[int, ...], copies: int = 1, replicas: int = 1,
                     protocol: Protocol | None = None) -> Timing:
@@ -1273,7 +1289,8 @@ def test_ops_timed_in_a_slow_spell_are_timed_again_once_it_ends(tmp_path, tiny_s
     np.testing.assert_allclose([p["measured_ms"] for p in table.meta.calibration["points"]],
                                [p["measured_ms"] for p in truth.meta.calibration["points"]], rtol=1e-9)
     record = table.meta.speed_reference
-    assert record["waits"] == 1 and 2 < record["waited_s"] < 10 and set(clock.slept) == {2.0}
+    assert record["waits"] == 1 and 2 < record["waited_s"] < 10
+    assert clock.slept == [1.0] * (BASELINE_READINGS - 1) + [2.0] * (len(clock.slept) - BASELINE_READINGS + 1)
     assert 1.4 < max(applied for *_, applied in record["trace"]) < 1.6
 
 
