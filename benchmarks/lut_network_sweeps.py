@@ -2,17 +2,17 @@
 
 Networks used to be timed in four sweeps of 10-60 calls (at most 1 s) each, their fastest call kept; this compared
 that design with 16 sweeps of 4 calls (`Protocol.network_calls`), the default since. On this host the load
-decorrelates within about a second (`lut_estimators.py`'s noise sample), so the calls of one sweep share one state of
-the host and four sweeps draw four states: a network whose four sweeps all met a busy
-state keeps a slow fastest call, which is what the held-out networks that repeat worst show (the first measurement
-13 % above the second). Many short sweeps draw more states from about as many calls. This times a stored run's
-calibration and held-out networks by each design (no speed reference) in rounds that alternate between the designs
-(A B B A ..., or B A A B ...: a design's repeat is between its own rounds, which lie next to each other in one order
-and far apart in the other), refits the table's calibration on each round's calibration networks, scores the
-held-out networks, and gives each design's own repeat between its rounds and the ratio of its floors to the other
-design's. Each network is built once and its instance timed by both designs: a torch network's time does not depend
-on its instance (`lut_findings.md`), and building a fused network (0.5-3 s) would otherwise take most of the many
-short sweeps' time. Prints a table and writes benchmarks/results/lut_network_sweeps_<run>.json.
+decorrelates within about a second (`lut_estimators.py`'s noise sample), so the calls of one sweep share one state
+of the host and four sweeps draw four states: a network whose four sweeps all met a busy state keeps a slow fastest
+call, which is what the held-out networks that repeat worst show (the first measurement 13 % above the second). Many
+short sweeps draw more states from about as many calls. This times a stored run's calibration and held-out networks
+by each design (no speed reference) in rounds that alternate between the designs (A B B A ..., or B A A B ...: a
+design's repeat is between its own rounds, which lie next to each other in one order and far apart in the other),
+refits the table's calibration on each round's calibration networks, scores the held-out networks, and gives each
+design's own repeat between its rounds and the ratio of its floors to the other design's. Each network is built once
+and its instance timed by both designs: a torch network's time does not depend on its instance (`lut_findings.md`),
+and building a fused network (0.5-3 s) would otherwise take most of the many short sweeps' time. Prints a table and
+writes benchmarks/results/lut_network_sweeps_<run>.json.
 
     .venv/bin/python benchmarks/lut_network_sweeps.py benchmarks/results/lut_fidelity_cal24d_torch_128.json
 """
@@ -38,8 +38,8 @@ LONG_SWEEPS = 4
 
 
 def designs(short_sweeps: int, short_calls: int) -> dict[str, tuple[int, dict]]:
-    """Sweeps per round and protocol changes of each design: the protocol's own, and short sweeps of fixed calls
-    (`Protocol.network_calls`)."""
+    """Sweeps per round and protocol changes of each design: long sweeps, each until the median settles, and short
+    sweeps of fixed calls (`Protocol.network_calls`)."""
     return {"long": (LONG_SWEEPS, {"network_calls": 0}),
             "short": (short_sweeps, {"network_calls": short_calls})}
 
