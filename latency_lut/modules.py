@@ -8,6 +8,8 @@ module with the one the network holds, so the two cannot drift apart unnoticed.
 
 from __future__ import annotations
 
+import copy
+
 from timm.layers import ClassifierHead
 from timm.models.fastvit import (
     AttentionBlock,
@@ -58,3 +60,24 @@ def op_module(op: Op) -> nn.Module:
     else:
         raise ValueError(f"unknown op type {kind!r}")
     return module.eval()
+
+
+def weight_copy(module: nn.Module) -> nn.Module:
+    """`module` with weights and buffers of its own, equal in value: one of the copies an op is timed through to
+    keep its weights out of the cache (`measure.weight_copies`).
+
+    `copy.deepcopy` copies every attribute of every submodule through Python's generic machinery: on 60 random ops of
+    the default space at 128 px that took 94 ms of a torch op timing's 143 ms (medians on a slow hour; most ops need
+    the 64 copies of `MAX_WEIGHT_COPIES`). Only the tensors need memory of their own; the rest of a module (its
+    settings, hooks) is only read while it runs, so this shares it and copies the tensors: 17 ms, and a whole op
+    timing 0.40 of its former time, measuring latencies 0.976 of the former (median; `benchmarks/lut_build_cost.py
+    --backend torch`). Tensors held outside parameters and buffers would stay shared; no op module has any (a
+    test checks).
+    """
+    new = copy.copy(module)
+    new.__dict__.update(
+        _parameters={name: None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad)
+                     for name, p in module._parameters.items()},
+        _buffers={name: None if b is None else b.clone() for name, b in module._buffers.items()},
+        _modules={name: None if m is None else weight_copy(m) for name, m in module._modules.items()})
+    return new

@@ -59,7 +59,7 @@ from fastvit_nas.latency_lut.build import CALIBRATION_LOO_WARN, _interleave, mea
 from fastvit_nas.latency_lut.design import calibration_specs
 from fastvit_nas.latency_lut.in_context import BLOCK_TYPES, block_contexts, block_timing, context_for
 from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, weight_copies
-from fastvit_nas.latency_lut.modules import op_module
+from fastvit_nas.latency_lut.modules import op_module, weight_copy
 from fastvit_nas.latency_lut.ops import probe_spec, stage_ops
 from fastvit_nas.latency_lut.speed import BASELINE_READINGS, SpeedNormalised
 from fastvit_nas.latency_lut.validate import REPEAT_WARN, ValidationReport, backend_for
@@ -142,6 +142,24 @@ def test_op_modules_and_shapes_match_the_network(tiny_specs):
             probe(torch.randn(2, 3, IMG, IMG))
         assert all(seen[op.key] == op.in_shape for op, _ in op_counts(spec, IMG, 2))
 
+
+
+def test_a_weight_copy_computes_alike_from_memory_of_its_own(tiny_specs):
+    """What a torch op is timed through to keep its weights out of the cache: the same module and outputs, but no
+    tensor shared with the original, and no tensor held outside parameters and buffers, where it would stay shared."""
+    every = unique_ops([*tiny_specs[:4], PRESETS["sa12"]], IMG).values()
+    assert {op.op_type for op in every} == set(BLOCK_TYPES) | {"stem", "patch_embed", "cpe", "final_conv", "head"}
+    for op in every:
+        module = op_module(op)
+        twin = weight_copy(module)
+        assert repr(twin) == repr(module), op.key
+        assert not {t.data_ptr() for t in twin.state_dict().values()} & \
+            {t.data_ptr() for t in module.state_dict().values()}, op.key
+        assert not [name for sub in module.modules() for name, value in vars(sub).items()
+                    if isinstance(value, torch.Tensor)], op.key
+        x = torch.randn(op.in_shape)
+        with torch.inference_mode():
+            assert torch.equal(twin(x), module(x)), op.key
 
 # ---- building ----------------------------------------------------------------------------------------------
 def test_identical_ops_are_deduplicated(tmp_path):

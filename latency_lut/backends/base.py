@@ -6,7 +6,6 @@ A backend owns how a module runs (torch eager, an ONNX Runtime session, ...) and
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,7 +17,7 @@ from ...errors import FastVitNasError
 from ..allocator import apply_allocator
 from ..device import fingerprint, require_cuda
 from ..measure import Protocol, Timing, weight_copies
-from ..modules import op_module
+from ..modules import op_module, weight_copy
 from ..ops import Op
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
@@ -109,7 +108,7 @@ class Backend(ABC):
 
         def time_chain(block: Op | None, copies: int) -> Timing:
             module = op_module(block) if copies else None
-            middle = [copy.deepcopy(module) for _ in range(copies)]
+            middle = [weight_copy(module) for _ in range(copies)]
             return self.time_module(nn.Sequential(before, *middle, after), in_shape)
 
         return time_chain

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from ..measure import Protocol, Timing, measure, round_robin, wall_clock
+from ..modules import weight_copy
 from .base import Backend
 
 
@@ -51,7 +51,7 @@ class TorchEager(Backend):
                     protocol: Protocol | None = None) -> Timing:
         dtype = getattr(torch, self.dtype)
         module = module.eval().to(device=self.device, dtype=dtype)
-        modules = [module, *(copy.deepcopy(module) for _ in range(copies - 1))]
+        modules = [module, *(weight_copy(module) for _ in range(copies - 1))]
         x = torch.randn(in_shape, device=self.device, dtype=dtype)
         with _torch_threads(self.threads), torch.inference_mode():
             turn = round_robin([functools.partial(m, x) for m in modules])
