@@ -170,10 +170,10 @@ def main() -> None:
     print(f"{args.backend}: {len(ops)} ops at {args.img_size} px, {args.threads} threads"
           + (f"; {sum(s <= KEPT_EXPORT_BYTES for s in sizes)} export to at most {KEPT_EXPORT_BYTES / 1e6:g} MB and "
              "are kept" if sizes else f"; copies hold {backend.protocol.cold_weights_mb:g} MB of weights"))
-    shares = bool(sizes)  # ONNX Runtime's steps make up one timing; torch's two ways of copying are alternatives
-    print(f"{'step':12s} {'median ms':>9s} {'mean ms':>8s}" + (f" {'share %':>8s}" if shares else ""))
+    # shares of one timing for ONNX Runtime, whose steps make it up; torch's two ways of copying are alternatives
+    print(f"{'step':12s} {'median ms':>9s} {'mean ms':>8s}" + (f" {'share %':>8s}" if sizes else ""))
     for step, ms in steps.items():
-        share = f" {sum(ms) / total * 100:8.1f}" if shares else ""
+        share = f" {sum(ms) / total * 100:8.1f}" if sizes else ""
         print(f"{step:12s} {np.median(ms):9.1f} {np.mean(ms):8.1f}{share}")
     old, new = walls
     print(f"a timing, {old}: median {np.median(walls[old]['wall_ms']):.1f} ms; {new}: median "

@@ -143,7 +143,6 @@ def test_op_modules_and_shapes_match_the_network(tiny_specs):
         assert all(seen[op.key] == op.in_shape for op, _ in op_counts(spec, IMG, 2))
 
 
-
 def test_a_weight_copy_computes_alike_from_memory_of_its_own(tiny_specs):
     """What a torch op is timed through to keep its weights out of the cache: the same module and outputs, but no
     tensor shared with the original, and no tensor held outside parameters and buffers, where it would stay shared."""
@@ -160,6 +159,7 @@ def test_a_weight_copy_computes_alike_from_memory_of_its_own(tiny_specs):
         x = torch.randn(op.in_shape)
         with torch.inference_mode():
             assert torch.equal(twin(x), module(x)), op.key
+
 
 # ---- building ----------------------------------------------------------------------------------------------
 def test_identical_ops_are_deduplicated(tmp_path):
