@@ -100,9 +100,13 @@ def tiny_specs() -> list[ArchSpec]:
 
 
 def _twins(spec: ArchSpec) -> tuple[ArchSpec, ArchSpec]:
-    """A deeper twin (one more block in the last stage) and a wider twin (every stage twice as wide)."""
+    """A deeper twin (one more block in the last stage) and a wider twin (every stage four times as wide).
+
+    Four times, not two: at 64 px a tiny spec's time is mostly per-op overhead, so doubled widths predicted only a
+    few per cent above their base on a busy host and a slow timing of one base op could invert the pair.
+    """
     last = len(spec.stages) - 1
-    wider = spec.replace(stages=tuple(dataclasses.replace(s, width=2 * s.width) for s in spec.stages))
+    wider = spec.replace(stages=tuple(dataclasses.replace(s, width=4 * s.width) for s in spec.stages))
     return spec.with_stage(last, depth=spec.stages[last].depth + 1), wider
 
 
@@ -879,8 +883,8 @@ def test_measurement_reuses_freed_memory_instead_of_faulting_pages_in_every_call
 
 def test_deeper_or_wider_is_never_predicted_faster(real_lut, tiny_specs, tmp_path):
     """Deeper: guaranteed for any LUT by positive calibration scales and non-negative per-call costs. Wider:
-    checked on the measured LUT and on a noise-free one (the fake backend), since two noisy timings of similar
-    tiny ops may come out inverted."""
+    checked on the measured LUT and on a noise-free one (the fake backend). The wider twins have 4-16 times the
+    FLOPs; with two cores fully loaded by other processes they still predicted 1.3-7 times their base."""
     fake = tmp_path / "fake.parquet"
     specs = tiny_specs + [t for s in tiny_specs for t in _twins(s)]
     build_lut(fake, FakeBackend(), specs=specs, img_size=IMG, calibration_n=6)
@@ -889,13 +893,9 @@ def test_deeper_or_wider_is_never_predicted_faster(real_lut, tiny_specs, tmp_pat
         base = predictor.predict_many(tiny_specs)
         deeper = predictor.predict_many([_twins(s)[0] for s in tiny_specs])
         wider = predictor.predict_many([_twins(s)[1] for s in tiny_specs])
-        assert (deeper > base).all()
+        assert (deeper > base).all() and (wider > base).all()
         assert all(v > 0 for v in predictor.calibration.scales)
         assert all(v >= 0 for v in predictor.calibration.call_ms)
-        if path == fake:
-            assert (wider > base).all()
-        else:  # all widths doubled: 2-4x the FLOPs, a margin far above the timing noise
-            assert (wider >= base).mean() >= 0.9
 
 
 def test_show_and_predict_cli(real_lut, capsys):
