@@ -133,7 +133,8 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
         "spearman": report.spearman, "kendall": report.kendall, "repeatability": report.repeatability,
         "as_built": report.as_built, "drift": report.drift,
         "build_s": build.seconds, "unique_ops": build.unique_ops, "rechecked": build.rechecked,
-        "lowered": build.lowered, "full_space": args.full_space,
+        "lowered": build.lowered, "timings": build.timings, "planned_timings": build.planned_timings,
+        "full_space": args.full_space,
         "calibration": build.calibration, "validate_s": report.seconds,
         "load_before": load_before, "load_after": os.getloadavg(), "lut": str(lut), "plot": report.plot,
         "per_spec": {"arch_id": report.arch_ids, "predicted_ms": report.predicted_ms,
@@ -202,7 +203,8 @@ def main() -> None:
         result["results"].append(r)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after each configuration
         print(f"{r['backend']:11s} {r['device']} {r['dtype']} b{r['batch']} {r['img_size']:4d}px n={r['n']:3d}  "
-              f"{_figures(r)}  Kendall {r['kendall']:.4f}  build {r['build_s']:5.0f}s / {r['unique_ops']} ops  "
+              f"{_figures(r)}  Kendall {r['kendall']:.4f}  build {r['build_s']:5.0f}s / {r['unique_ops']} ops, "
+              f"{r['timings']} timings (planned {r['planned_timings']})  "
               f"load {r['load_before'][0]:.1f}->{r['load_after'][0]:.1f}\n"
               f"{'':>27}re-measured vs measured (ceiling): {_figures(r['repeatability'])}", flush=True)
         if r["unnormalised"]:

@@ -36,18 +36,22 @@ from .trend import above_trend
 @dataclass(frozen=True)
 class Measured:
     """What `measure_missing` did: ops needed and measured, entries timed again and how many of those came out
-    faster (`trend.py`), and the networks' timings."""
+    faster (`trend.py`), the timings made against those its sweeps planned, and the networks' timings."""
 
     needed: int
     measured: int
     rechecked: int
     lowered: int
+    timings: int
+    planned: int
     networks: list[Timing]
 
 
 @dataclass(frozen=True)
 class BuildReport:
-    """What a build did: ops needed and measured, entries re-checked, calibration points added, time taken."""
+    """What a build did: ops needed and measured, entries re-checked, timings made against those planned,
+    calibration points added, time taken. On a noisy host the timings outgrow the plan (sweeps that disagree
+    earn extra ones, items timed only in slow spells are timed again), and the build's time follows them."""
 
     path: str
     unique_ops: int
@@ -55,6 +59,8 @@ class BuildReport:
     reused: int
     rechecked: int
     lowered: int
+    timings: int
+    planned_timings: int
     calibration_measured: int
     calibration: dict
     seconds: float
@@ -178,6 +184,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
     chains: dict[Context, list[tuple[Op, Timing]]] = {}
     stored: dict[str, Timing] = {}
     time_network = network_timers(backend, meta.img_size, meta.batch)
+    timings = [0]
 
     def timer(context: Context) -> Callable[[Op | None, int], Timing]:
         if context not in timers:
@@ -185,6 +192,7 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
         return timers[context]
 
     def time_item(item: Op | InContext | Context | ArchSpec) -> Timing:
+        timings[0] += 1
         if isinstance(item, ArchSpec):
             return time_network(item)
         if isinstance(item, Context):
@@ -231,7 +239,8 @@ def measure_missing(table: LatencyTable, backend: Backend, specs: Iterable[ArchS
             if rank(timing) < rank(stored[_op(item).key]):
                 lowered.append((_op(item), timing))
         table.retime(lowered)
-    return Measured(len(needed), len(missing), len(again), len(lowered),
+    return Measured(len(needed), len(missing), len(again), len(lowered), timings[0],
+                    sum(passes) + protocol.recheck_passes * len(again),
                     [network_timings[spec.arch_id] for spec in networks])
 
 
@@ -347,5 +356,6 @@ def build_lut(out: Path, backend: Backend, *, specs: list[ArchSpec] | None = Non
     table.save(out)
     return BuildReport(path=str(out), unique_ops=done.needed, measured=done.measured,
                        reused=done.needed - done.measured, rechecked=done.rechecked, lowered=done.lowered,
+                       timings=done.timings, planned_timings=done.planned,
                        calibration_measured=len(todo), calibration=(table.meta.calibration or {}).get("fit", {}),
                        seconds=time.monotonic() - start)

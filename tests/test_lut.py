@@ -61,7 +61,7 @@ from fastvit_nas.latency_lut.in_context import BLOCK_TYPES, block_contexts, bloc
 from fastvit_nas.latency_lut.measure import MAX_WEIGHT_COPIES, best_of_passes, weight_copies
 from fastvit_nas.latency_lut.modules import op_module, weight_copy
 from fastvit_nas.latency_lut.ops import probe_spec, stage_ops
-from fastvit_nas.latency_lut.speed import BASELINE_READINGS, SpeedNormalised
+from fastvit_nas.latency_lut.speed import BASELINE_READINGS, CALM_HOLD_S, CalmLevel, SpeedNormalised
 from fastvit_nas.latency_lut.validate import REPEAT_WARN, ValidationReport, backend_for
 
 IMG = 64
@@ -185,7 +185,7 @@ def test_incremental_build_measures_nothing_twice(tmp_path, tiny_specs):
     report = build_lut(path, second, specs=a + b, img_size=IMG, calibration_n=4)
     new_ops = set(unique_ops(a + b, IMG)) - set(unique_ops(a, IMG))
     assert report.measured == len(new_ops) and report.reused == len(unique_ops(a, IMG))
-    assert len(second.calls) == len(new_ops)  # calibration networks were measured already
+    assert len(second.calls) == len(new_ops) == report.timings == report.planned_timings  # calibration: measured
     third = FakeBackend()
     build_lut(path, third, specs=a + b, img_size=IMG, calibration_n=4)
     assert third.calls == []
@@ -757,7 +757,8 @@ def test_entries_above_their_familys_trend_are_timed_again_and_keep_the_faster_t
     report = build_lut(path, backend, specs=specs, img_size=IMG, calibration_n=0)
     first_sweeps = len(needed) + len(set(contexts.values()))  # every op alone or chained, and each context
     assert (report.rechecked, report.lowered) == (3, 2)
-    assert len(backend.calls) == first_sweeps + protocol.recheck_passes * len(suspects)
+    assert len(backend.calls) == first_sweeps + protocol.recheck_passes * len(suspects) == report.planned_timings
+    assert report.timings == report.planned_timings
     latencies = LatencyTable.load(path).latencies()
     truth = {k: 1e-6 * params[k] * math.prod(needed[k].in_shape[1:]) ** 0.5 + 0.01 for k in (slow_op, steady_op)}
     assert latencies[slow_op] == pytest.approx(truth[slow_op], rel=1e-9)
@@ -1250,6 +1251,63 @@ def test_calm_timings_are_divided_by_the_calm_level_and_each_session_finds_its_o
     assert later.time_module(module, shape).latency_ms == pytest.approx(raw / math.sqrt(1.15 * 1.16))
 
 
+def test_the_calm_level_is_the_lowest_level_held_for_a_minute_not_a_brief_dip():
+    """Until a minute has been read, the lowest level applied (a dip to 1.0 lowers it); the first minute's highest
+    reading then replaces it even though higher, later minutes only lower it, and a dip of 15 s never does. The
+    anchor, which divides calm timings, stays the lowest level applied."""
+    calm = CalmLevel()
+    readings = [1.35, 1.0, 1.0, 1.0] + [1.5] * 10 + [1.2] * 13 + [1.0] * 3 + [1.2] * 9  # one every 5 s
+    values = []
+    for i, reading in enumerate(readings):
+        calm.observe(5.0 * i, reading)
+        calm.applied(reading)
+        values.append(calm.value)
+    minute = int(CALM_HOLD_S / 5)
+    assert values[:minute] == [1.35] + [1.0] * (minute - 1)
+    held_12 = 14 + minute  # a minute after the first reading of 1.2
+    assert values[minute:held_12] == [1.5] * (held_12 - minute) and values[held_12:] == [1.2] * (len(values) - held_12)
+    assert calm.anchor == 1.0
+
+
+def test_a_session_on_a_host_that_stays_slow_after_a_dip_takes_the_slow_level_as_calm(clock):
+    """The host runs 1.5 times slower than at the baseline but for a 5 s dip. Once a minute has been read, timings
+    at 1.5 are calm: no wait, and divided by the session's lowest level (the dip's), as every calm timing is."""
+    backend = FakeBackend(protocol=Protocol(passes=1, reference_s=5.0, calm_wait_s=60.0))
+    speed = SpeedNormalised(backend, new_meta(backend, img_size=IMG, batch=1))
+    readings = iter([1.5, 1.5, 1.0, 1.0, 1.5, 1.5] + [1.5] * 12 + [1.1, 1.1])
+    speed._reading = lambda: next(readings)
+    assert speed.read() == 1.5 and speed.divisor() == 1.5
+    clock.now += 5.0
+    assert speed.read() == 1.0 and speed.await_calm() and speed.divisor() == 1.0
+    clock.now += 5.0
+    assert speed.read() == 1.5 and speed.divisor() == 1.5 and speed.calm.value == 1.0
+    for _ in range(12):
+        clock.now += 5.0
+        speed.read()
+    assert speed.calm.value == 1.5 and speed.await_calm() and clock.slept == [] and speed.divisor() == 1.0
+    clock.now += 5.0
+    assert speed.read() == pytest.approx(1.1) and speed.divisor() == 1.0 and speed.calm.value == 1.5
+
+
+def test_a_spell_timing_stays_unsettled_when_its_level_becomes_the_calm_one(clock):
+    """Timed in a spell at 1.5 and divided by it, a timing is not on the calm scale (divided by the anchor, 1.0),
+    even after a minute at 1.5 has made that level calm: it is put on the calm scale, not kept as it is."""
+    backend = FakeBackend(protocol=Protocol(passes=1, reference_s=5.0, calm_wait_s=60.0))
+    speed = SpeedNormalised(backend, new_meta(backend, img_size=IMG, batch=1))
+    readings = iter([1.0, 1.5, 1.5] + [1.5] * 12)
+    speed._reading = lambda: next(readings)
+    module, shape = torch.nn.Conv2d(3, 8, 3), (1, 3, IMG, IMG)
+    speed.read()
+    clock.now += 5.0
+    spell = speed.time_module(module, shape)
+    assert spell.slowdown == 1.5 and not speed.settled(spell)
+    for _ in range(12):
+        clock.now += 5.0
+        speed.read()
+    assert speed.calm.value == 1.5 and speed.await_calm() and not speed.settled(spell)
+    assert speed.as_calm(spell).slowdown == 1.0 and speed.settled(speed.time_module(module, shape))
+
+
 def test_one_stalled_reading_does_not_set_the_baseline(clock):
     """The host stalls through the reference's first reading (each op 100 times slower): the baseline is each op's
     fastest of three readings a second apart, so the next reading is 1, not 0.01, and timings are not divided."""
@@ -1296,12 +1354,13 @@ class SpellBackend(FakeBackend):
 def test_ops_timed_in_a_slow_spell_are_timed_again_once_it_ends(tmp_path, tiny_specs, clock):
     """The host slows in the middle of the third op's reading: the sweep goes on, dividing by the slowdown; after it
     the build waits for the spell to end and re-times those ops, so no op or calibration network is left divided
-    (slowdown 1 throughout) and all equal the steady host's."""
+    (slowdown 1 throughout) and all equal the steady host's. The re-timings are reported beyond the plan."""
     steady, spelled = tmp_path / "steady.parquet", tmp_path / "spelled.parquet"
     at = 3 * (len(unique_ops([PRESETS["sa12"]], IMG)) + 1) + 2
-    build_lut(steady, FakeBackend(), specs=tiny_specs[:4], calibration=tiny_specs[:4], img_size=IMG)
-    build_lut(spelled, SpellBackend(clock, at=at, until=10.0), specs=tiny_specs[:4], calibration=tiny_specs[:4],
-              img_size=IMG)
+    calm = build_lut(steady, FakeBackend(), specs=tiny_specs[:4], calibration=tiny_specs[:4], img_size=IMG)
+    report = build_lut(spelled, SpellBackend(clock, at=at, until=10.0), specs=tiny_specs[:4],
+                       calibration=tiny_specs[:4], img_size=IMG)
+    assert calm.timings == calm.planned_timings and report.planned_timings < report.timings
     truth, table = LatencyTable.load(steady), LatencyTable.load(spelled)
     assert set(_as_steady(table, truth)["slowdown"]) == {1.0}
     np.testing.assert_allclose([p["measured_ms"] for p in table.meta.calibration["points"]],
