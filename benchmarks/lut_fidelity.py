@@ -18,12 +18,16 @@ benchmarks/results/lut_fidelity.json (LUTs and scatter PNGs in the folder of the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
 import itertools
 import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnxruntime
@@ -41,6 +45,7 @@ from fastvit_nas.latency_lut import (
     unique_ops,
     validate,
 )
+from fastvit_nas.latency_lut import build as build_module
 from fastvit_nas.latency_lut.build import new_meta, refit
 from fastvit_nas.latency_lut.design import CALIBRATION_NETWORKS, calibration_specs
 from fastvit_nas.latency_lut.ops import stage_ops
@@ -100,6 +105,33 @@ def slowdown_trace(lut: Path) -> dict:
     return {**summary, "trace": record["trace"]} if summary else {}
 
 
+@contextlib.contextmanager
+def sweeps_logged(path: Path) -> Iterator[None]:
+    """Every timing that the build's and validation's sweeps make, one JSON line each as it is made: which sweeps
+    (`desc`), the item (op key or network id), its times, the divisor, whether it counted as calm and the calm
+    level's anchor then. With every op given all its extra sweeps (`--agree-tol 0`), other rules for ending an
+    op's sweeps can be replayed on the same timings (`benchmarks/sweep_rules_replay.py`)."""
+    original = build_module._sweeps
+
+    with gzip.open(path, "wt") as log:
+        def logged(backend, items, time_one, passes, desc, unit, progress, on_done=None):
+            calm = getattr(backend, "calm", None)
+
+            def timed(item):
+                timing = time_one(item)
+                log.write(json.dumps({
+                    "desc": desc, "item": getattr(item, "key", None) or getattr(item, "arch_id", None),
+                    "latency_ms": timing.latency_ms, "measured_ms": timing.measured_ms,
+                    "slowdown": timing.slowdown, "settled": backend.settled(timing),
+                    "anchor": calm.anchor if calm else 1.0, "at": time.monotonic()}) + "\n")
+                return timing
+
+            return original(backend, items, timed, passes, desc, unit, progress, on_done)
+
+        with mock.patch.object(build_module, "_sweeps", logged):
+            yield
+
+
 def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, out_dir: Path) -> dict:
     space = resolve_space(args.space)
     held_out = space.sample(args.n, args.seed)
@@ -116,10 +148,11 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
     lut = out_dir / f"{name}.parquet"
     lut.unlink(missing_ok=True)
     load_before = os.getloadavg()
-    build = build_lut(lut, backend, specs=held_out, space=space if args.full_space else None,
-                      calibration=calibration, img_size=img, batch=batch, seed=args.seed, progress=args.progress)
-    report = validate(lut, held_out, plot=out_dir / f"{name}.png", backend=backend,
-                      progress=args.progress, remeasure=True, recalibrate_first=args.recalibrate)
+    with sweeps_logged(out_dir / f"{name}_sweeps.jsonl.gz") if args.sweep_log else contextlib.nullcontext():
+        build = build_lut(lut, backend, specs=held_out, space=space if args.full_space else None,
+                          calibration=calibration, img_size=img, batch=batch, seed=args.seed, progress=args.progress)
+        report = validate(lut, held_out, plot=out_dir / f"{name}.png", backend=backend,
+                          progress=args.progress, remeasure=True, recalibrate_first=args.recalibrate)
     speed = slowdown_trace(lut)
     return {
         "unnormalised": unnormalised(lut, report, held_out) if speed else None, "slowdown": speed,
@@ -183,6 +216,8 @@ def main() -> None:
     parser.add_argument("--recalibrate", action="store_true",
                         help="re-time the calibration networks interleaved with the held-out ones")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--sweep-log", action="store_true",
+                        help="log every timing of every sweep (NAME_sweeps.jsonl.gz beside the LUT) for replays")
     parser.add_argument("--out", default=str(RESULTS / "lut_fidelity.json"))
     args = parser.parse_args()
     out_dir = Path(args.out).with_suffix("")
