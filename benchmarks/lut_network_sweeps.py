@@ -12,9 +12,12 @@ refits the table's calibration on each round's calibration networks, scores the 
 design's own repeat between its rounds and the ratio of its floors to the other design's. Each network is built once
 and its instance timed by both designs: a torch network's time does not depend on its instance (`lut_findings.md`),
 and building a fused network (0.5-3 s) would otherwise take most of the many short sweeps' time. Prints a table and
-writes benchmarks/results/lut_network_sweeps_<run>.json.
+writes benchmarks/results/lut_network_sweeps_<run>.json. With `--warmup-calls N`, the two designs are short sweeps
+with the stored protocol's warm-up calls and short sweeps with N (`_warmup<N>` in the file name).
 
     .venv/bin/python benchmarks/lut_network_sweeps.py benchmarks/results/lut_fidelity_cal24d_torch_128.json
+    .venv/bin/python benchmarks/lut_network_sweeps.py benchmarks/results/lut_fidelity_sweeplog27_torch_128.json \
+        --warmup-calls 1
 """
 
 from __future__ import annotations
@@ -37,11 +40,14 @@ LONG_SWEEPS = 4
 """Sweeps of the long design: the protocol's default before short sweeps replaced it."""
 
 
-def designs(short_sweeps: int, short_calls: int) -> dict[str, tuple[int, dict]]:
+def designs(short_sweeps: int, short_calls: int, warmup_calls: int | None = None) -> dict[str, tuple[int, dict]]:
     """Sweeps per round and protocol changes of each design: long sweeps, each until the median settles, and short
-    sweeps of fixed calls (`Protocol.network_calls`)."""
-    return {"long": (LONG_SWEEPS, {"network_calls": 0}),
-            "short": (short_sweeps, {"network_calls": short_calls})}
+    sweeps of fixed calls (`Protocol.network_calls`); with `warmup_calls`, short sweeps with the stored protocol's
+    warm-up calls against short sweeps with that many (a short sweep's three warm-up calls are 3 of its 7 calls)."""
+    short = {"network_calls": short_calls}
+    if warmup_calls is not None:
+        return {"short": (short_sweeps, short), "warm": (short_sweeps, {**short, "warmup_calls": warmup_calls})}
+    return {"long": (LONG_SWEEPS, {"network_calls": 0}), "short": (short_sweeps, short)}
 
 
 def main() -> None:
@@ -51,12 +57,14 @@ def main() -> None:
     parser.add_argument("--short-calls", type=int, default=4, help="timed calls per short sweep")
     parser.add_argument("--short-first", action="store_true",
                         help="rounds B A A B ...: the long design's rounds then lie next to each other")
+    parser.add_argument("--warmup-calls", type=int, default=None,
+                        help="compare short sweeps with this many warm-up calls against the stored protocol's")
     args = parser.parse_args()
     run, points, calibration, stored = stored_networks(args)
     meta = run.table.meta
     networks = calibration + run.held_out
     n = len(calibration)
-    plan = designs(args.short_sweeps, args.short_calls)
+    plan = designs(args.short_sweeps, args.short_calls, args.warmup_calls)
     modules = [build_model(spec, inference=True) for spec in networks]
     rng = np.random.default_rng(args.seed)
     noise = host_noise(args.noise_s, meta.threads or 1) if args.noise_s else None
@@ -92,7 +100,8 @@ def main() -> None:
             print(f"{name:5s} repeat: ±10 % {repeat['within_10']:5.1f}  ±5 % {repeat['within_5']:5.1f}  MAPE "
                   f"{repeat['mape']:5.2f}; floors / {other}'s {floors:.3f}; {seconds[name]:.0f} s", flush=True)
     stem = Path(args.fidelity).stem.removeprefix("lut_fidelity_")
-    out = Path(args.out or RESULTS / f"lut_network_sweeps_{stem}.json")
+    suffix = "" if args.warmup_calls is None else f"_warmup{args.warmup_calls}"
+    out = Path(args.out or RESULTS / f"lut_network_sweeps_{stem}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "args": vars(args), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
