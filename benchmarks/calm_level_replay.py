@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fastvit_nas.latency_lut import LatencyTable
-from fastvit_nas.latency_lut.speed import CALM_BAND, CALM_HOLD_S, CalmLevel
+from fastvit_nas.latency_lut.speed import CALM_BAND, CALM_HOLD_S, CalmLevel, within_calm_band
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -30,17 +30,16 @@ RESULTS = Path(__file__).parent / "results"
 def replay(trace: list[list]) -> dict:
     """Both rules over one trace: final calm levels and shares of readings taken calm."""
     seconds = [calendar.timegm(time.strptime(at, "%Y-%m-%dT%H:%M:%SZ")) for at, _, _ in trace]
-    held, lowest_applied = CalmLevel(), float("inf")
+    held = CalmLevel()
     calm_applied, calm_held = [], []
     for now, (_, reading, applied) in zip(seconds, trace, strict=True):
         held.observe(now, reading)
         held.applied(applied)
-        lowest_applied = min(lowest_applied, applied)
-        calm_applied.append(reading <= lowest_applied * (1 + CALM_BAND))
-        calm_held.append(reading <= held.value * (1 + CALM_BAND))
+        calm_applied.append(within_calm_band(reading, held.anchor))  # the anchor is the lowest level applied
+        calm_held.append(within_calm_band(reading, held.value))
     return {"readings": len(trace), "minutes": round((seconds[-1] - seconds[0]) / 60, 1),
             "median_reading": round(float(np.median([r for _, r, _ in trace])), 3),
-            "lowest_applied": round(lowest_applied, 3),
+            "lowest_applied": round(held.anchor, 3),
             "calm_share_lowest_applied": round(100 * np.mean(calm_applied), 1),
             "held": round(held.value, 3), "calm_share_held": round(100 * np.mean(calm_held), 1)}
 

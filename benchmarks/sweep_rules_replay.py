@@ -24,6 +24,7 @@ Prints a table per run and writes benchmarks/results/sweep_rules_replay.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 from collections import defaultdict
@@ -36,7 +37,7 @@ import pandas as pd
 from fastvit_nas.fastvit.spec import ArchSpec
 from fastvit_nas.latency_lut import LatencyTable, Predictor, resolve_space
 from fastvit_nas.latency_lut.build import refit
-from fastvit_nas.latency_lut.speed import CALM_BAND
+from fastvit_nas.latency_lut.speed import within_calm_band
 from fastvit_nas.latency_lut.validate import figures
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,35 +75,38 @@ class Rule:
         falls below it), then the fastest as measured. An op left with no calm sweep gets one more, as a build's
         catch-up once the host is calm would (the next sweep logged); failing that, its best as measured on the
         calm scale, as `SpeedNormalised.as_calm` puts it."""
-        def rank(timing: dict, anchor: float) -> tuple[bool, float]:
-            return timing["slowdown"] > anchor * (1 + CALM_BAND), timing["measured_ms"]
-
         best, fastest, made = sweeps[0], [], len(sweeps)
         for index, sweep in enumerate(sweeps):
             anchor = sweep["anchor"]
-            best = min(best, sweep, key=lambda t: rank(t, anchor))
+            best = min(best, sweep, key=lambda t: calm_first(t, anchor))
             if sweep["settled"]:
                 fastest = sorted([*fastest, sweep["measured_ms"]])[:2]
             if index >= planned - 1 and (index == planned - 1 + self.extra or self.agree(fastest)):
                 made = index + 1
                 break
-        if rank(best, anchor)[0] and made < len(sweeps):
+        if not within_calm_band(best["slowdown"], anchor) and made < len(sweeps):
             anchor = sweeps[made]["anchor"]
-            best = min(best, sweeps[made], key=lambda t: rank(t, anchor))
+            best = min(best, sweeps[made], key=lambda t: calm_first(t, anchor))
             made += 1
-        if rank(best, anchor)[0]:
+        if not within_calm_band(best["slowdown"], anchor):
             best = {**best, "latency_ms": best["measured_ms"] / anchor}
         return best, made
 
 
-def op_sweeps(log: Path, desc: str) -> dict[str, list[dict]]:
-    """Each op's timings in the sweeps called `desc` (the build's, or its re-check), in the order made."""
-    sweeps: dict[str, list[dict]] = defaultdict(list)
+def calm_first(timing: dict, anchor: float) -> tuple[bool, float]:
+    """The key by which `best_of_passes` keeps the better of two sweeps (`measure.calm_first`), for a logged sweep
+    judged by the calm level's anchor of the moment."""
+    return not within_calm_band(timing["slowdown"], anchor), timing["measured_ms"]
+
+
+def op_sweeps(log: Path) -> dict[str, dict[str, list[dict]]]:
+    """Per sweeps' `desc` (the build's, its re-check, ...), each op's timings in the order made."""
+    sweeps: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     with gzip.open(log, "rt") as lines:
         for line in lines:
             row = json.loads(line)
-            if row["desc"] == desc and "-in:" in row["item"]:
-                sweeps[row["item"]].append(row)
+            if "-in:" in row["item"]:
+                sweeps[row["desc"]][row["item"]].append(row)
     return sweeps
 
 
@@ -122,18 +126,18 @@ def replay_rule(rule: Rule, build: dict[str, list[dict]], recheck: dict[str, lis
     for key, timings in recheck.items():
         again, count = rule.replay(timings)
         again_made += count
-        rank = [(t["slowdown"] > anchor * (1 + CALM_BAND), t["measured_ms"]) for t in (again, kept[key])]
-        if rank[0] < rank[1]:
+        if calm_first(again, anchor) < calm_first(kept[key], anchor):
             rechecked[key] = again
     return ({k: t["latency_ms"] for k, t in kept.items()}, made,
             {k: t["latency_ms"] for k, t in rechecked.items()}, again_made)
 
 
-def score(lut: Path, latencies: dict[str, float], points: list[dict], specs: list[ArchSpec],
+def score(run_table: LatencyTable, latencies: dict[str, float], specs: list[ArchSpec],
           measured: np.ndarray) -> tuple[dict, pd.Series]:
-    """The held-out figures of the LUT at `lut` with these op latencies, refitted on the run's calibration
-    points, and its latencies by key."""
-    table = LatencyTable.load(lut)
+    """The held-out figures of a copy of the run's table with these op latencies, refitted on the run's
+    calibration points, and its latencies by key."""
+    table = LatencyTable(copy.deepcopy(run_table.meta), run_table.rows.copy())
+    points = table.meta.calibration["points"]
     table.rows["latency_ms"] = table.rows["key"].map(latencies).fillna(table.rows["latency_ms"])
     refit(table, points)
     stats = figures(Predictor(table).predict_many(specs), measured)
@@ -151,16 +155,14 @@ def replay_run(results: Path, rules: list[Rule]) -> list[dict]:
         if not lut.exists():
             lut = results.with_suffix("") / lut.name
         log = lut.with_name(f"{lut.stem}_sweeps.jsonl.gz")
-        build, recheck = op_sweeps(log, BUILD_SWEEPS), op_sweeps(log, RECHECK_SWEEPS)
+        sweeps = op_sweeps(log)
+        build, recheck = sweeps[BUILD_SWEEPS], sweeps[RECHECK_SWEEPS]
         per_spec = config["per_spec"]
         specs = resolve_space(run["args"]["space"]).sample(config["n"], run["args"]["seed"])
         if [s.arch_id for s in specs] != per_spec["arch_id"]:
             raise SystemExit(f"{results}: the held-out specs do not match the run's (space or seed changed)")
         measured = np.array(per_spec["measured_ms"])
-        points = LatencyTable.load(lut).meta.calibration["points"]
-
-        def scored(latencies: dict[str, float]) -> tuple[dict, pd.Series]:
-            return score(lut, latencies, points, specs, measured)  # noqa: B023 (called within this iteration)
+        run_table = LatencyTable.load(lut)
 
         name = f"{config['backend']} {config['img_size']} px"
         rows.append({"run": name, "rule": "as run", "op_timings": sum(map(len, build.values())),
@@ -169,10 +171,10 @@ def replay_run(results: Path, rules: list[Rule]) -> list[dict]:
         reference = None
         for rule in rules:
             kept, made, rechecked, again_made = replay_rule(rule, build, recheck)
-            stats, latencies = scored(kept)
+            stats, latencies = score(run_table, kept, specs, measured)
             reference = latencies if reference is None else reference
             off = np.abs(np.log(latencies / reference.reindex(latencies.index)))
-            with_recheck, _ = scored(rechecked)
+            with_recheck, _ = score(run_table, rechecked, specs, measured)
             rows.append({"run": name, "rule": str(rule), "op_timings": made, "recheck_timings": again_made - made,
                          "ops_off_5": float(100 * np.mean(off > np.log(1.05))), **stats,
                          "with_recheck": with_recheck})

@@ -82,6 +82,12 @@ TRACE_LIMIT = 6000
 """Readings kept in the LUT metadata (the newest), about eight hours of measuring at 5 s intervals."""
 
 
+def within_calm_band(level: float, calm: float) -> bool:
+    """Whether a host at `level` counts as calm against a calm level of `calm` (`CALM_BAND`); also whether a
+    timing divided by `level` is on the scale of calm timings divided by `calm` (`SpeedNormalised.settled`)."""
+    return level <= calm * (1 + CALM_BAND)
+
+
 class CalmLevel:
     """The host's speed in one session when nothing else takes its cores, in two figures with two jobs.
 
@@ -184,7 +190,7 @@ class SpeedNormalised(Backend):
         minute of that level made it the calm one, and stay divided by it beside calm timings divided by the
         anchor: the likely way an ONNX Runtime table built in the full test suite on a busy host came out 1.5
         times below the same ops timed undivided."""
-        return timing.slowdown <= self.calm.anchor * (1 + CALM_BAND)
+        return within_calm_band(timing.slowdown, self.calm.anchor)
 
     def await_calm(self) -> bool:
         """Read the reference and, in a slow spell, sleep until it ends or `calm_wait_s` pass; whether it ended.
@@ -235,7 +241,7 @@ class SpeedNormalised(Backend):
             self.read()
 
     def _is_calm(self, level: float) -> bool:
-        return level <= self.calm.value * (1 + CALM_BAND)
+        return within_calm_band(level, self.calm.value)
 
     def _apply(self, level: float) -> None:
         self.slowdown = level
