@@ -139,6 +139,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
     backend = get_backend(backend_name, device=args.device, dtype=args.dtype, threads=args.threads,
                           protocol=Protocol(estimator=args.estimator, passes=args.passes,
                                             network_passes=args.network_passes, network_calls=args.network_calls,
+                                            network_warmup_calls=args.network_warmup_calls,
                                             extra_passes=args.extra_passes,
                                             agree_tol=args.agree_tol,
                                             reference_s=args.reference_s, calm_wait_s=args.calm_wait_s,
@@ -159,6 +160,7 @@ def run_one(backend_name: str, img: int, batch: int, args: argparse.Namespace, o
         "backend": backend_name, "device": args.device, "dtype": args.dtype, "img_size": img,
         "threads": args.threads, "batch": batch, "estimator": args.estimator, "passes": args.passes,
         "network_passes": args.network_passes, "network_calls": args.network_calls,
+        "network_warmup_calls": args.network_warmup_calls,
         "extra_passes": args.extra_passes, "agree_tol": args.agree_tol,
         "cold_weights_mb": backend.protocol.cold_weights_mb, "op_replicas": backend.protocol.op_replicas,
         "context_max_side": backend.protocol.context_max_side, "recheck_tol": backend.protocol.recheck_tol,
@@ -193,7 +195,9 @@ def main() -> None:
     parser.add_argument("--network-passes", type=int, default=Protocol.network_passes,
                         help="sweeps over the end-to-end networks (calibration and held-out); fastest kept")
     parser.add_argument("--network-calls", type=int, default=Protocol.network_calls,
-                        help="timed calls per sweep of a network (default 0: as an op's)")
+                        help="timed calls per sweep of a network (0: as an op's)")
+    parser.add_argument("--network-warmup-calls", type=int, default=Protocol.network_warmup_calls,
+                        help="warm-up calls before each sweep of a network")
     parser.add_argument("--extra-passes", type=int, default=Protocol.extra_passes,
                         help="more sweeps, at most, for an item whose two fastest disagree by over --agree-tol")
     parser.add_argument("--agree-tol", type=float, default=Protocol.agree_tol)

@@ -46,7 +46,7 @@ def designs(short_sweeps: int, short_calls: int, warmup_calls: int | None = None
     warm-up calls against short sweeps with that many (a short sweep's three warm-up calls are 3 of its 7 calls)."""
     short = {"network_calls": short_calls}
     if warmup_calls is not None:
-        return {"short": (short_sweeps, short), "warm": (short_sweeps, {**short, "warmup_calls": warmup_calls})}
+        return {"short": (short_sweeps, short), "warm": (short_sweeps, {**short, "network_warmup_calls": warmup_calls})}
     return {"long": (LONG_SWEEPS, {"network_calls": 0}), "short": (short_sweeps, short)}
 
 

@@ -40,9 +40,10 @@ LUTs written before them mean: ops timed with warm and with cold weights (`measu
 to a fifth, ONNX Runtime ops timed one or eight to a session run by its fixed cost per run, and small blocks
 timed inside a network by up to 1.6 times (`in_context.py`), and ONNX Runtime attention blocks whose copies shared
 their weights' values by a fifth (`backends/onnxruntime._Graph`), so they are never mixed in one table."""
-EARLIER_DEFAULTS = {"network_calls": 0}
+EARLIER_DEFAULTS = {"network_calls": 0, "network_warmup_calls": None}
 """Protocol fields whose default changed, with the value LUTs written before them were measured by: validating an
-older LUT times its held-out networks as its calibration networks were timed."""
+older LUT times its held-out networks as its calibration networks were timed (long sweeps before `network_calls`,
+an op's warm-up calls before `network_warmup_calls`)."""
 VERSION_FIELDS = ("backend_version", "torch_version")
 
 

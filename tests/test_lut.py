@@ -858,6 +858,32 @@ def test_a_lut_from_before_short_network_sweeps_is_validated_as_it_was_built(tmp
     assert backend_for(LatencyTable.load(path).meta).protocol.for_networks().max_reps == Protocol.quick().max_reps
 
 
+def test_a_network_sweep_warms_up_by_its_own_calls_and_older_luts_by_an_ops(tmp_path, tiny_specs):
+    """A network is warm from its first sweep on, so each sweep starts with `network_warmup_calls` calls, not an
+    op's three; a LUT written before the field timed its networks after an op's warm-up, and is validated so."""
+    calls: list[int] = []
+    module = build_model(tiny_specs[0], inference=True)
+    module.register_forward_pre_hook(lambda *_: calls.append(1))
+    protocol = dataclasses.replace(Protocol.quick(), warmup_calls=3, network_calls=2, network_warmup_calls=1)
+    shape = (1, 3, IMG, IMG)
+    for warmup, expected in ((1, 1 + 2), (0, 2), (None, 3 + 2)):
+        calls.clear()
+        backend = get_backend("torch", threads=1,
+                              protocol=dataclasses.replace(protocol, network_warmup_calls=warmup))
+        assert backend.network_timer(module, shape)().count == 2
+        assert len(calls) == expected, (warmup, calls)
+    path = tmp_path / "l.parquet"
+    build_lut(path, get_backend("torch", threads=1, protocol=protocol), specs=tiny_specs[:1], img_size=IMG,
+              calibration_n=0)
+    table = LatencyTable.load(path)
+    assert backend_for(table.meta).protocol.for_networks().warmup_calls == 1
+    del table.meta.protocol["network_warmup_calls"]
+    table.save(path)
+    assert backend_for(LatencyTable.load(path).meta).protocol.for_networks().warmup_calls == 3
+    with pytest.raises(FastVitNasError, match="network_warmup_calls"):
+        Protocol(network_warmup_calls=-1)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reuse regime is set through glibc's mallopt")
 def test_measurement_reuses_freed_memory_instead_of_faulting_pages_in_every_call():
     """An activation above glibc's largest mmap threshold (32 MB) is otherwise mapped afresh in every call, and
