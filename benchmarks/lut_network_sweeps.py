@@ -43,7 +43,8 @@ LONG_SWEEPS = 4
 def designs(short_sweeps: int, short_calls: int, warmup_calls: int | None = None) -> dict[str, tuple[int, dict]]:
     """Sweeps per round and protocol changes of each design: long sweeps, each until the median settles, and short
     sweeps of fixed calls (`Protocol.network_calls`); with `warmup_calls`, short sweeps with the stored protocol's
-    warm-up calls against short sweeps with that many (a short sweep's three warm-up calls are 3 of its 7 calls)."""
+    network warm-up calls (`Protocol.network_warmup_calls`; an op's three in tables written before it, 3 of a short
+    sweep's 7 calls) against short sweeps with that many."""
     short = {"network_calls": short_calls}
     if warmup_calls is not None:
         return {"short": (short_sweeps, short), "warm": (short_sweeps, {**short, "network_warmup_calls": warmup_calls})}

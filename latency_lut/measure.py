@@ -135,11 +135,10 @@ class Protocol:
     def for_networks(self) -> Protocol:
         """The protocol of one sweep of an end-to-end network: `network_calls` timed calls when set, else as an op's
         (rounds until the median settles), after `network_warmup_calls` warm-up calls when set, else an op's."""
-        warmup = {} if self.network_warmup_calls is None else {"warmup_calls": self.network_warmup_calls}
-        if not self.network_calls:
-            return replace(self, **warmup)
-        return replace(self, min_reps=self.network_calls, max_reps=self.network_calls,
-                       round_size=self.network_calls, **warmup)
+        changes = {} if self.network_warmup_calls is None else {"warmup_calls": self.network_warmup_calls}
+        if self.network_calls:
+            changes.update(min_reps=self.network_calls, max_reps=self.network_calls, round_size=self.network_calls)
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
